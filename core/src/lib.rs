@@ -1,0 +1,13 @@
+//! amesh-core: the library every amesh binary builds on.
+//!
+//! - [`identity`]: SPIFFE workload identities.
+//! - [`certs`]: the CA interface, a local CA, renewing certificate store, trust bundles.
+//! - [`tls`]: rustls configuration for HBONE's mutual TLS.
+//! - [`hbone`]: HBONE (HTTP/2 CONNECT over mTLS) client, pool and server.
+
+pub mod certs;
+pub mod hbone;
+pub mod identity;
+pub mod tls;
+
+pub use identity::Identity;

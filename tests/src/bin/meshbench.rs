@@ -1,0 +1,49 @@
+//! meshbench: amesh performance, each figure against the no-mesh baseline
+//! measured in the same run.
+//!
+//!     meshbench <scenario> [--quick] [--json]
+
+use amesh_tests::bench::{self, Scale};
+use anyhow::{bail, Result};
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(about = "amesh benchmarks: mesh vs. no-mesh baseline, same run")]
+struct Args {
+    /// Scenario to run: hbone.
+    scenario: String,
+    /// Shorter runs (under a minute), for smoke tests.
+    #[arg(long)]
+    quick: bool,
+    /// Print exactly one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Internal: run only the 8-connection transfer and print VmHWM (KiB).
+    #[arg(long, hide = true)]
+    rss_child: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let scale = if args.quick { Scale::Quick } else { Scale::Full };
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    use std::io::Write;
+    if let Some(kind) = &args.rss_child {
+        let kib = bench::hbone::rss_child(kind, scale).await?;
+        writeln!(out, "{kib}")?;
+        return Ok(());
+    }
+    let report = match args.scenario.as_str() {
+        "hbone" => bench::hbone::run(scale).await?,
+        other => bail!("unknown scenario {other:?}; available: hbone"),
+    };
+    if args.json {
+        writeln!(out, "{}", report.to_json())?;
+    } else {
+        writeln!(out, "crypto provider: {}", amesh_core::tls::provider_name())?;
+        write!(out, "{}", report.to_table())?;
+    }
+    Ok(())
+}
