@@ -26,11 +26,15 @@ pub enum IdentityError {
     MissingScheme(String),
     #[error("identity {0:?} has an empty trust domain")]
     EmptyTrustDomain(String),
-    #[error("identity {input:?}: trust domain {domain:?} may only hold lowercase letters, digits, '.', '-' and '_'")]
+    #[error(
+        "identity {input:?}: trust domain {domain:?} may only hold lowercase letters, digits, '.', '-' and '_'"
+    )]
     InvalidTrustDomain { input: String, domain: String },
     #[error("identity {0:?} must have the form <trust-domain>/ns/<namespace>/sa/<service-account>")]
     BadPath(String),
-    #[error("identity {input:?}: {part} {value:?} is not a valid Kubernetes name (lowercase letters, digits, '-', '.'; at most 253 characters)")]
+    #[error(
+        "identity {input:?}: {part} {value:?} is not a valid Kubernetes name (lowercase letters, digits, '-', '.'; at most 253 characters)"
+    )]
     InvalidName {
         input: String,
         part: &'static str,
@@ -271,7 +275,13 @@ mod tests {
                 matches!(e, IdentityError::BadPath(_))
             }),
             ("spiffe://cluster.local/ns//sa/b", |e| {
-                matches!(e, IdentityError::InvalidName { part: "namespace", .. })
+                matches!(
+                    e,
+                    IdentityError::InvalidName {
+                        part: "namespace",
+                        ..
+                    }
+                )
             }),
             ("spiffe://cluster.local/ns/a/sa/B_ad", |e| {
                 matches!(
@@ -283,7 +293,13 @@ mod tests {
                 )
             }),
             ("spiffe://cluster.local/ns/-a/sa/b", |e| {
-                matches!(e, IdentityError::InvalidName { part: "namespace", .. })
+                matches!(
+                    e,
+                    IdentityError::InvalidName {
+                        part: "namespace",
+                        ..
+                    }
+                )
             }),
         ];
         for (input, check) in cases {

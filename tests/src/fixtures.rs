@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use amesh_core::certs::{CertStore, CertStoreConfig, LocalCa, WorkloadCertificate};
 use amesh_core::hbone::{
-    drain_channel, ConnectHandler, DrainSignal, H2Stream, HbonePool, HboneRequest, HboneServer,
-    InboundConnect, PoolConfig, Rejection, Responder, ServerConfig, ServerStats,
+    ConnectHandler, DrainSignal, H2Stream, HbonePool, HboneRequest, HboneServer, InboundConnect,
+    PoolConfig, Rejection, Responder, ServerConfig, ServerStats, drain_channel,
 };
 use amesh_core::identity::Identity;
 use amesh_core::tls::ServerConfigBuilder;
@@ -142,5 +142,20 @@ impl ConnectHandler for ChannelHandler {
         if let Ok(stream) = responder.accept() {
             let _ = self.0.send((request, stream));
         }
+    }
+}
+
+/// Polls `check` until it holds or `within` passes; returns whether it held.
+/// For waiting on an event whose moment is not observable directly.
+pub async fn eventually(within: std::time::Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }

@@ -21,7 +21,9 @@ struct BundleInner {
 
 impl TrustBundle {
     /// Builds a bundle from DER roots; duplicates are kept once.
-    pub fn new(roots: impl IntoIterator<Item = CertificateDer<'static>>) -> Result<Self, CertError> {
+    pub fn new(
+        roots: impl IntoIterator<Item = CertificateDer<'static>>,
+    ) -> Result<Self, CertError> {
         let mut unique: Vec<CertificateDer<'static>> = Vec::new();
         for root in roots {
             if !unique.iter().any(|r| r.as_ref() == root.as_ref()) {

@@ -9,8 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer};
 
@@ -169,11 +168,10 @@ impl LocalCa {
         params.not_after = not_after.into();
         params.serial_number = Some(random_serial());
         params.distinguished_name = DistinguishedName::new();
-        params.subject_alt_names = vec![SanType::URI(
-            wanted
-                .try_into()
-                .map_err(|e: rcgen::Error| CertError::Generate(e.to_string()))?,
-        )];
+        params.subject_alt_names =
+            vec![SanType::URI(wanted.try_into().map_err(
+                |e: rcgen::Error| CertError::Generate(e.to_string()),
+            )?)];
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,

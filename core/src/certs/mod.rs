@@ -8,7 +8,7 @@ mod store;
 mod workload;
 
 pub use bundle::TrustBundle;
-pub use ca::{CertificateAuthority, IssuedCertificate, LocalCa, SignFuture, DEFAULT_CERT_TTL};
+pub use ca::{CertificateAuthority, DEFAULT_CERT_TTL, IssuedCertificate, LocalCa, SignFuture};
 pub use store::{CertStore, CertStoreConfig, CertWatch};
 pub use workload::{CertificateRequest, WorkloadCertificate};
 
@@ -26,7 +26,10 @@ pub enum CertError {
     #[error("certificate signing request rejected: {0}")]
     BadCsr(String),
     #[error("CSR asks for identity {requested}, but the caller may only obtain {allowed}")]
-    IdentityNotAllowed { requested: String, allowed: Identity },
+    IdentityNotAllowed {
+        requested: String,
+        allowed: Identity,
+    },
     #[error("certificate generation failed: {0}")]
     Generate(String),
     #[error("certificate has no usable SPIFFE identity: {0}")]

@@ -150,7 +150,10 @@ impl CertStore {
 
 impl Drop for CertStore {
     fn drop(&mut self) {
-        let entries = self.entries.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let entries = self
+            .entries
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
         for entry in entries.values() {
             entry.task.abort();
         }

@@ -59,15 +59,15 @@ impl CertificateRequest {
                 allowed: self.identity,
             });
         }
-        let certified_key =
-            CertifiedKey::from_der(issued.chain, self.key.into(), &tls::provider())
-                .map_err(|e| CertError::Key(e.to_string()))?;
+        let certified_key = CertifiedKey::from_der(issued.chain, self.key.into(), &tls::provider())
+            .map_err(|e| CertError::Key(e.to_string()))?;
         Ok(WorkloadCertificate {
             identity: self.identity,
             certified_key: Arc::new(certified_key),
             roots: issued.roots,
             not_before: info.not_before,
             not_after: info.not_after,
+            received_at: SystemTime::now(),
         })
     }
 }
@@ -89,6 +89,7 @@ pub struct WorkloadCertificate {
     roots: TrustBundle,
     not_before: SystemTime,
     not_after: SystemTime,
+    received_at: SystemTime,
 }
 
 impl WorkloadCertificate {
@@ -112,13 +113,16 @@ impl WorkloadCertificate {
         self.not_after
     }
 
-    /// When renewal is due: half-way through the validity window.
+    /// When renewal is due: half-way through the remaining lifetime counted
+    /// from when we got it (CAs backdate `not_before` for clock skew, which
+    /// must not pull renewal forward).
     pub fn refresh_at(&self) -> SystemTime {
+        let start = self.not_before.max(self.received_at);
         let lifetime = self
             .not_after
-            .duration_since(self.not_before)
+            .duration_since(start)
             .unwrap_or(Duration::ZERO);
-        self.not_before + lifetime / 2
+        start + lifetime / 2
     }
 
     /// The leaf's serial-independent fingerprint: its DER bytes.

@@ -40,11 +40,22 @@ pub enum HboneError {
         source: h2::Error,
     },
     #[error("{addr} refused the tunnel to {target}: 401 Unauthorized (denied by policy)")]
-    Denied { addr: SocketAddr, target: SocketAddr },
+    Denied {
+        addr: SocketAddr,
+        target: SocketAddr,
+    },
     #[error("{addr} refused the tunnel to {target}: 400 Bad Request (not a valid target)")]
-    BadTarget { addr: SocketAddr, target: SocketAddr },
-    #[error("{addr} refused the tunnel to {target}: 503 Service Unavailable (target refused the connection)")]
-    TargetRefused { addr: SocketAddr, target: SocketAddr },
+    BadTarget {
+        addr: SocketAddr,
+        target: SocketAddr,
+    },
+    #[error(
+        "{addr} refused the tunnel to {target}: 503 Service Unavailable (target refused the connection)"
+    )]
+    TargetRefused {
+        addr: SocketAddr,
+        target: SocketAddr,
+    },
     #[error("{addr} answered the tunnel to {target} with unexpected status {status}")]
     Status {
         addr: SocketAddr,
@@ -115,7 +126,9 @@ impl HboneError {
     pub(crate) fn is_connection_gone(&self) -> bool {
         match self {
             Self::Http2 { source, .. } => {
-                source.is_go_away() || source.is_io() || source.reason() == Some(h2::Reason::REFUSED_STREAM)
+                source.is_go_away()
+                    || source.is_io()
+                    || source.reason() == Some(h2::Reason::REFUSED_STREAM)
             }
             _ => false,
         }

@@ -41,7 +41,9 @@ pub fn traceparent() -> HeaderValue {
     let span: u64 = rand::random::<u64>() | 1;
     let mut text = String::with_capacity(55);
     let _ = write!(text, "00-{trace:032x}-{span:016x}-01");
-    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01"))
+    HeaderValue::from_str(&text).unwrap_or_else(|_| {
+        HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01")
+    })
 }
 
 #[cfg(test)]
@@ -58,7 +60,10 @@ mod tests {
             parse_forwarded_for(&HeaderValue::from_static("proto=https;for=192.0.2.60")),
             Some("192.0.2.60".parse().expect("ip"))
         );
-        assert_eq!(parse_forwarded_for(&HeaderValue::from_static("for=unknown")), None);
+        assert_eq!(
+            parse_forwarded_for(&HeaderValue::from_static("for=unknown")),
+            None
+        );
     }
 
     #[test]
@@ -68,7 +73,10 @@ mod tests {
         let text = a.to_str().expect("ascii");
         let parts: Vec<&str> = text.split('-').collect();
         assert_eq!(parts.len(), 4);
-        assert_eq!((parts[0], parts[1].len(), parts[2].len(), parts[3]), ("00", 32, 16, "01"));
+        assert_eq!(
+            (parts[0], parts[1].len(), parts[2].len(), parts[3]),
+            ("00", 32, 16, "01")
+        );
         assert_ne!(a, b, "ids must be random per request");
     }
 }

@@ -14,8 +14,8 @@ mod server;
 mod stream;
 mod tuning;
 
-pub use dial::{DefaultDialer, Dialer, DialFuture};
-pub use drain::{drain_channel, DrainSignal, DrainWatch};
+pub use dial::{DefaultDialer, DialFuture, Dialer};
+pub use drain::{DrainSignal, DrainWatch, drain_channel};
 pub use error::HboneError;
 pub use headers::{forwarded_for, parse_forwarded_for, traceparent};
 pub use pool::{HbonePool, HboneRequest, PoolConfig, PoolKey, PoolStats};

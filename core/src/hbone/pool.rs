@@ -181,14 +181,15 @@ impl HbonePool {
             dst: req.hbone_addr,
             expected: req.expected.clone(),
         };
-        // A connection can die between checkout and use (GOAWAY, reset); such
-        // failures happen before the server saw the request, so retry once.
+        // A pooled connection can die between checkout and use (GOAWAY,
+        // reset); such failures happen before the server saw the request, so
+        // retry once. A freshly dialed connection's failure is final.
         let mut last_err = None;
         for _ in 0..2 {
-            let (conn, guard) = self.checkout(&key, &req).await?;
+            let (conn, guard, fresh) = self.checkout(&key, &req).await?;
             match self.open_stream(&conn, guard, &req).await {
                 Ok(stream) => return Ok(stream),
-                Err(err) if err.is_connection_gone() => {
+                Err(err) if !fresh && err.is_connection_gone() => {
                     debug!(conn = conn.id, error = %err, "pooled connection gone; retrying on a new one");
                     conn.shared.closed.store(true, Ordering::Release);
                     self.inner.remove(&key, conn.id);
@@ -207,37 +208,45 @@ impl HbonePool {
         &self,
         key: &PoolKey,
         req: &HboneRequest,
-    ) -> Result<(Arc<PooledConn>, ActiveStream), HboneError> {
+    ) -> Result<(Arc<PooledConn>, ActiveStream, bool), HboneError> {
         let dialing = {
             let mut state = self.inner.lock();
-            if let Some(found) = self.inner.reserve(&mut state, key) {
-                return Ok(found);
+            if let Some((conn, guard)) = self.inner.reserve(&mut state, key) {
+                return Ok((conn, guard, false));
             }
             state.conns.entry(key.clone()).or_default().dialing.clone()
         };
         let _dial_turn = dialing.lock().await;
         // Someone else may have dialed while we waited.
-        if let Some(found) = self.inner.reserve(&mut self.inner.lock(), key) {
-            return Ok(found);
+        if let Some((conn, guard)) = self.inner.reserve(&mut self.inner.lock(), key) {
+            return Ok((conn, guard, false));
         }
         let conn = self.dial(key, req).await?;
         let mut state = self.inner.lock();
-        state.conns.entry(key.clone()).or_default().conns.push(conn.clone());
-        Ok((conn.clone(), reserve_on(&conn)))
+        state
+            .conns
+            .entry(key.clone())
+            .or_default()
+            .conns
+            .push(conn.clone());
+        Ok((conn.clone(), reserve_on(&conn), true))
     }
 
     async fn dial(&self, key: &PoolKey, req: &HboneRequest) -> Result<Arc<PooledConn>, HboneError> {
         let config = &self.inner.config;
         let addr = req.hbone_addr;
-        let dialer = req.dialer.as_ref().unwrap_or(&self.inner.default_dialer).clone();
+        let dialer = req
+            .dialer
+            .as_ref()
+            .unwrap_or(&self.inner.default_dialer)
+            .clone();
         let handshake = async {
             let tcp = dialer
                 .dial(addr)
                 .await
                 .map_err(|source| HboneError::Connect { addr, source })?;
             let tls_config = tls::client_config(&req.source, vec![req.expected.clone()]);
-            let tls = tokio_rustls::TlsConnector::from(tls_config)
-                .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+            let tls = tls::connect(tls_config, ServerName::IpAddress(addr.ip().into()), tcp)
                 .await
                 .map_err(|e| HboneError::from_tls_io(addr, e))?;
             config
@@ -289,7 +298,10 @@ impl HbonePool {
             .map_err(|e| HboneError::InvalidRequest(e.to_string()))?;
         let mut send = conn.send.clone();
         let exchange = async {
-            send = send.ready().await.map_err(|e| HboneError::from_h2(addr, e))?;
+            send = send
+                .ready()
+                .await
+                .map_err(|e| HboneError::from_h2(addr, e))?;
             let (response, send_stream) = send
                 .send_request(request, false)
                 .map_err(|e| HboneError::from_h2(addr, e))?;
@@ -297,9 +309,13 @@ impl HbonePool {
             Ok::<_, HboneError>((response, send_stream))
         };
         let timeout = self.inner.config.response_timeout;
-        let (response, send_stream) = tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| HboneError::Timeout { addr, after: timeout })??;
+        let (response, send_stream) =
+            tokio::time::timeout(timeout, exchange)
+                .await
+                .map_err(|_| HboneError::Timeout {
+                    addr,
+                    after: timeout,
+                })??;
         if response.status() != http::StatusCode::OK {
             return Err(HboneError::from_status(addr, req.target, response.status()));
         }
@@ -386,7 +402,11 @@ async fn drive_connection<T>(
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let ping_pong = connection.ping_pong();
-    let keepalive = keepalive(ping_pong, config.h2.keepalive_interval, config.h2.keepalive_timeout);
+    let keepalive = keepalive(
+        ping_pong,
+        config.h2.keepalive_interval,
+        config.h2.keepalive_timeout,
+    );
     tokio::pin!(keepalive);
     let reason = loop {
         let idle_since = (shared.active.load(Ordering::Acquire) == 0)

@@ -4,13 +4,13 @@
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use h2::server::SendResponse;
 use h2::RecvStream;
+use h2::server::SendResponse;
 use http::{HeaderMap, Method, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -18,10 +18,10 @@ use tracing::{debug, info, warn};
 
 use super::drain::DrainWatch;
 use super::headers::parse_forwarded_for;
-use super::stream::{h2_to_io, H2Stream};
+use super::stream::{H2Stream, h2_to_io};
 use super::tuning::H2Config;
 use crate::identity::Identity;
-use crate::tls::peer;
+use crate::tls::{self, peer};
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -129,8 +129,11 @@ fn status_response(status: StatusCode) -> Response<()> {
 
 /// Decides what happens to each CONNECT.
 pub trait ConnectHandler: Send + Sync + 'static {
-    fn handle(&self, request: InboundConnect, responder: Responder)
-        -> impl Future<Output = ()> + Send;
+    fn handle(
+        &self,
+        request: InboundConnect,
+        responder: Responder,
+    ) -> impl Future<Output = ()> + Send;
 }
 
 /// Counters for tests and metrics.
@@ -146,7 +149,7 @@ pub struct ServerStats {
 
 pub struct HboneServer<H> {
     config: ServerConfig,
-    tls: tokio_rustls::TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     handler: Arc<H>,
     stats: Arc<ServerStats>,
 }
@@ -155,7 +158,7 @@ impl<H: ConnectHandler> HboneServer<H> {
     pub fn new(config: ServerConfig, tls: Arc<rustls::ServerConfig>, handler: Arc<H>) -> Self {
         Self {
             config,
-            tls: tokio_rustls::TlsAcceptor::from(tls),
+            tls,
             handler,
             stats: Arc::new(ServerStats::default()),
         }
@@ -186,12 +189,16 @@ impl<H: ConnectHandler> HboneServer<H> {
                 }
             };
             let Ok(permit) = limit.clone().try_acquire_owned() else {
-                this.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+                this.stats
+                    .connections_refused
+                    .fetch_add(1, Ordering::Relaxed);
                 warn!(%peer_addr, max = this.config.max_connections, "HBONE connection refused: connection limit reached");
                 drop(tcp);
                 continue;
             };
-            this.stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
+            this.stats
+                .connections_accepted
+                .fetch_add(1, Ordering::Relaxed);
             let this = this.clone();
             let drain = drain.clone();
             tokio::spawn(async move {
@@ -206,19 +213,24 @@ impl<H: ConnectHandler> HboneServer<H> {
             .await;
     }
 
-    async fn serve_connection(self: Arc<Self>, tcp: TcpStream, peer_addr: SocketAddr, mut drain: DrainWatch) {
+    async fn serve_connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer_addr: SocketAddr,
+        mut drain: DrainWatch,
+    ) {
         let local_addr = match tcp.local_addr() {
             Ok(addr) => addr,
             Err(_) => return,
         };
         let _ = tcp.set_nodelay(true);
         let handshake = async {
-            let tls = self.tls.accept(tcp).await.map_err(|e| format!("TLS: {e}"))?;
+            let tls = tls::accept(self.tls.clone(), tcp)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
             let peer = tls
-                .get_ref()
-                .1
                 .peer_certificates()
-                .and_then(|chain| chain.first())
+                .first()
                 .ok_or_else(|| "TLS: no client certificate".to_string())
                 .and_then(|leaf| peer::identity_from_der(leaf).map_err(|e| e.to_string()))?;
             let conn = self
@@ -230,19 +242,20 @@ impl<H: ConnectHandler> HboneServer<H> {
                 .map_err(|e| format!("HTTP/2: {e}"))?;
             Ok::<_, String>((peer, conn))
         };
-        let (peer, mut conn) = match tokio::time::timeout(self.config.handshake_timeout, handshake).await {
-            Ok(Ok(ok)) => ok,
-            Ok(Err(reason)) => {
-                self.stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
-                info!(%peer_addr, %reason, "HBONE handshake refused");
-                return;
-            }
-            Err(_) => {
-                self.stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
-                info!(%peer_addr, "HBONE handshake timed out");
-                return;
-            }
-        };
+        let (peer, mut conn) =
+            match tokio::time::timeout(self.config.handshake_timeout, handshake).await {
+                Ok(Ok(ok)) => ok,
+                Ok(Err(reason)) => {
+                    self.stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+                    info!(%peer_addr, %reason, "HBONE handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    self.stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+                    info!(%peer_addr, "HBONE handshake timed out");
+                    return;
+                }
+            };
         debug!(%peer_addr, %peer, "HBONE connection accepted");
         let mut draining = false;
         loop {

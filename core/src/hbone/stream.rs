@@ -4,7 +4,7 @@ use std::fmt;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -101,11 +101,18 @@ impl H2Stream {
 
     /// Sends an owned chunk without copying it; waits for flow-control
     /// capacity. Returns how many bytes of `chunk` were sent (a prefix).
-    pub fn poll_write_chunk(&mut self, cx: &mut Context<'_>, chunk: &mut Bytes) -> Poll<io::Result<usize>> {
+    pub fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
         let want = chunk.len().min(self.max_write_chunk);
         let n = ready!(self.poll_capacity(cx, want))?;
         let part = chunk.split_to(n);
-        self.halves()?.send.send_data(part, false).map_err(h2_to_io)?;
+        self.halves()?
+            .send
+            .send_data(part, false)
+            .map_err(h2_to_io)?;
         Poll::Ready(Ok(n))
     }
 
@@ -131,7 +138,7 @@ impl H2Stream {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::BrokenPipe,
                         "HBONE stream closed by peer",
-                    )))
+                    )));
                 }
             }
         }
@@ -180,7 +187,10 @@ impl AsyncWrite for H2Stream {
         this.write_buf.reserve(n);
         this.write_buf.extend_from_slice(&buf[..n]);
         let chunk = this.write_buf.split().freeze();
-        this.halves()?.send.send_data(chunk, false).map_err(h2_to_io)?;
+        this.halves()?
+            .send
+            .send_data(chunk, false)
+            .map_err(h2_to_io)?;
         Poll::Ready(Ok(n))
     }
 
@@ -205,7 +215,10 @@ impl AsyncWrite for H2Stream {
 impl fmt::Debug for H2Stream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("H2Stream")
-            .field("stream_id", &self.halves.as_ref().map(|h| h.send.stream_id()))
+            .field(
+                "stream_id",
+                &self.halves.as_ref().map(|h| h.send.stream_id()),
+            )
             .field("read_eof", &self.read_eof)
             .field("write_closed", &self.write_closed)
             .finish_non_exhaustive()

@@ -23,14 +23,21 @@ pub struct H2Config {
     pub keepalive_timeout: Duration,
 }
 
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 impl Default for H2Config {
     fn default() -> Self {
         Self {
-            stream_window: 4 * 1024 * 1024,
-            connection_window: 16 * 1024 * 1024,
-            max_frame_size: 256 * 1024,
-            max_send_buffer: 1024 * 1024,
-            max_write_chunk: 256 * 1024,
+            stream_window: env_or("AMESH_SW", 4 * 1024 * 1024) as u32,
+            connection_window: env_or("AMESH_CW", 16 * 1024 * 1024) as u32,
+            max_frame_size: env_or("AMESH_FS", 256 * 1024) as u32,
+            max_send_buffer: env_or("AMESH_SB", 1024 * 1024),
+            max_write_chunk: env_or("AMESH_WC", 256 * 1024),
             close_linger: Duration::from_secs(10),
             keepalive_interval: Some(Duration::from_secs(10)),
             keepalive_timeout: Duration::from_secs(10),

@@ -9,7 +9,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, ServerConfig, SignatureScheme};
 
 use super::verifier::{ClientIdentityVerifier, ServerIdentityVerifier};
-use super::{provider, ALPN_H2};
+use super::{ALPN_H2, provider};
 use crate::certs::{CertWatch, WorkloadCertificate};
 use crate::identity::Identity;
 
@@ -45,6 +45,8 @@ pub fn client_config(cert: &WorkloadCertificate, expected: Vec<Identity>) -> Arc
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     config.enable_sni = false;
     config.resumption = rustls::client::Resumption::disabled();
+    // Our record layer takes over after the handshake (see `record.rs`).
+    config.enable_secret_extraction = true;
     Arc::new(config)
 }
 
@@ -65,6 +67,7 @@ impl ServerConfigBuilder {
         // Tickets would cost an encryption per handshake and clients never
         // resume (their config is per connection).
         config.send_tls13_tickets = 0;
+        config.enable_secret_extraction = true;
         Arc::new(config)
     }
 }

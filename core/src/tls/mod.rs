@@ -3,13 +3,16 @@
 
 mod config;
 pub mod peer;
+mod record;
+mod stream;
 mod verifier;
 
 use std::sync::{Arc, OnceLock};
 
 use rustls::crypto::CryptoProvider;
 
-pub use config::{client_config, CertSource, ServerConfigBuilder};
+pub use config::{CertSource, ServerConfigBuilder, client_config};
+pub use stream::{TlsStream, accept, connect};
 pub use verifier::{ClientIdentityVerifier, IdentityMismatch, ServerIdentityVerifier};
 
 /// ALPN protocol HBONE speaks.

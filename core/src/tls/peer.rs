@@ -42,10 +42,14 @@ fn identity_of(cert: &X509Certificate<'_>) -> Result<Identity, CertError> {
         .subject_alternative_name()
         .map_err(|e| CertError::NoIdentity(format!("bad subjectAltName: {e}")))?
         .ok_or_else(|| CertError::NoIdentity("no subjectAltName extension".into()))?;
-    let mut uris = san.value.general_names.iter().filter_map(|name| match name {
-        GeneralName::URI(uri) if uri.starts_with("spiffe://") => Some(*uri),
-        _ => None,
-    });
+    let mut uris = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) if uri.starts_with("spiffe://") => Some(*uri),
+            _ => None,
+        });
     let uri = uris
         .next()
         .ok_or_else(|| CertError::NoIdentity("no spiffe:// URI SAN".into()))?;

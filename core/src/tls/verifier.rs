@@ -8,7 +8,9 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
+};
 
 use super::config::CertSource;
 use super::peer;
@@ -47,9 +49,7 @@ fn pki_error(error: webpki::Error) -> rustls::Error {
         E::UnknownIssuer => CertificateError::UnknownIssuer,
         E::CertRevoked => CertificateError::Revoked,
         E::InvalidSignatureForPublicKey => CertificateError::BadSignature,
-        E::RequiredEkuNotFoundContext(_) => {
-            CertificateError::InvalidPurpose
-        }
+        E::RequiredEkuNotFoundContext(_) => CertificateError::InvalidPurpose,
         other => CertificateError::Other(OtherError(Arc::new(other))),
     };
     rustls::Error::InvalidCertificate(err)
@@ -187,7 +187,8 @@ impl ClientIdentityVerifier {
 
 impl fmt::Debug for ClientIdentityVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientIdentityVerifier").finish_non_exhaustive()
+        f.debug_struct("ClientIdentityVerifier")
+            .finish_non_exhaustive()
     }
 }
 

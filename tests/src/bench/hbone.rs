@@ -1,258 +1,352 @@
 //! Scenario `hbone`: one HBONE client/server pair in-process on loopback
 //! against direct TCP. The mesh path is one mTLS + HTTP/2 connection: the
-//! bench writes into the client's CONNECT stream and reads from the stream
-//! the server's handler accepted.
+//! bench writes into the client's CONNECT stream and the server's handler
+//! reads the stream it accepted. Client and server sides run on separate
+//! threads (see [`Sides`]); the baseline's sockets are placed the same way.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use amesh_core::hbone::{HbonePool, PoolConfig, ServerConfig};
-use anyhow::{Context, Result};
+use amesh_core::certs::WorkloadCertificate;
+use amesh_core::hbone::{
+    ConnectHandler, DrainSignal, HbonePool, HboneRequest, InboundConnect, PoolConfig, Responder,
+    ServerConfig,
+};
+use amesh_core::identity::Identity;
+use anyhow::{Context, Result, ensure};
+use futures_util::future::join_all;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use super::workload::{bulk_gbps, one_request, ping_pong, rate};
-use super::{median, percentile, Figure, Report, Scale};
-use crate::fixtures::{start_server, ChannelHandler, EchoHandler, Pki, TestServer, LOCALHOST};
+use super::sides::Sides;
+use super::workload::{echo, gbps, one_request, ping_pong, rate, receive_bulk, send_bulk};
+use super::{Figure, Report, Scale, median, percentile};
+use crate::fixtures::{EchoHandler, LOCALHOST, Pki, start_server};
 
 const MIB: u64 = 1024 * 1024;
+/// The CONNECT target; the bench's handlers accept any.
+const TARGET: SocketAddr = SocketAddr::new(LOCALHOST, 9);
 
-struct Mesh {
-    pki: Pki,
-    client: Arc<amesh_core::certs::WorkloadCertificate>,
-    server_cert: Arc<amesh_core::certs::WorkloadCertificate>,
-    sink: TestServer,
-    accepted: mpsc::UnboundedReceiver<(amesh_core::hbone::InboundConnect, amesh_core::hbone::H2Stream)>,
-    echo: TestServer,
-    pool: HbonePool,
+type Reports = mpsc::UnboundedReceiver<std::io::Result<u64>>;
+
+/// Everything that runs on the server side, and how to reach it.
+struct Servers {
+    identity: Identity,
+    mesh_sink: SocketAddr,
+    mesh_echo: SocketAddr,
+    tcp_sink: SocketAddr,
+    tcp_echo: SocketAddr,
+    /// Byte counts read by the sinks, one per finished connection.
+    reports: Reports,
+    _drains: Vec<DrainSignal>,
 }
 
-impl Mesh {
-    async fn new() -> Result<Self> {
-        let pki = Pki::new();
-        let client = pki.cert("bench", "client").await;
-        let server_cert = pki.cert("bench", "server").await;
-        let (handler, accepted) = ChannelHandler::new();
-        let sink = start_server(server_cert.clone(), handler, ServerConfig::default()).await;
-        let echo = start_server(server_cert.clone(), EchoHandler, ServerConfig::default()).await;
-        Ok(Self {
-            pki,
-            client,
-            server_cert,
-            sink,
-            accepted,
-            echo,
-            pool: HbonePool::new(PoolConfig::default()),
-        })
-    }
+/// Reads each accepted stream to EOF and reports the byte count.
+#[derive(Clone)]
+struct SinkHandler(mpsc::UnboundedSender<std::io::Result<u64>>);
 
-    /// Opens a tunnel to the sink server; returns (client side, server side).
-    async fn pair(&mut self, pool: &HbonePool) -> Result<(amesh_core::hbone::H2Stream, amesh_core::hbone::H2Stream)> {
-        let target: SocketAddr = (LOCALHOST, 9).into();
-        let client = pool.connect(self.sink.request(self.client.clone(), target)).await?;
-        let (_, server) = self.accepted.recv().await.context("server saw no stream")?;
-        Ok((client, server))
+impl ConnectHandler for SinkHandler {
+    async fn handle(&self, _request: InboundConnect, responder: Responder) {
+        if let Ok(stream) = responder.accept() {
+            let _ = self.0.send(receive_bulk(stream).await);
+        }
     }
 }
 
-struct Tcp {
-    sink: TcpListener,
-    echo_addr: SocketAddr,
+async fn start_servers(pki: Arc<Pki>) -> Result<Servers> {
+    let cert = pki.cert("bench", "server").await;
+    let (tx, reports) = mpsc::unbounded_channel();
+    let sink = start_server(
+        cert.clone(),
+        SinkHandler(tx.clone()),
+        ServerConfig::default(),
+    )
+    .await;
+    let echo_server = start_server(cert.clone(), EchoHandler, ServerConfig::default()).await;
+
+    let tcp_sink = TcpListener::bind((LOCALHOST, 0)).await?;
+    let tcp_sink_addr = tcp_sink.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = tcp_sink.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(receive_bulk(conn).await);
+            });
+        }
+    });
+    let tcp_echo = TcpListener::bind((LOCALHOST, 0)).await?;
+    let tcp_echo_addr = tcp_echo.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = tcp_echo.accept().await {
+            let _ = conn.set_nodelay(true);
+            tokio::spawn(echo(conn));
+        }
+    });
+    Ok(Servers {
+        identity: cert.identity().clone(),
+        mesh_sink: sink.addr,
+        mesh_echo: echo_server.addr,
+        tcp_sink: tcp_sink_addr,
+        tcp_echo: tcp_echo_addr,
+        reports,
+        _drains: vec![sink.drain, echo_server.drain],
+    })
 }
 
-impl Tcp {
-    async fn new() -> Result<Self> {
-        let sink = TcpListener::bind((LOCALHOST, 0)).await?;
-        let echo = TcpListener::bind((LOCALHOST, 0)).await?;
-        let echo_addr = echo.local_addr()?;
-        tokio::spawn(async move {
-            while let Ok((conn, _)) = echo.accept().await {
-                let _ = conn.set_nodelay(true);
-                tokio::spawn(async move {
-                    let (mut rd, mut wr) = conn.into_split();
-                    let _ = tokio::io::copy(&mut rd, &mut wr).await;
-                });
-            }
-        });
-        Ok(Self { sink, echo_addr })
+/// The client side's view: its certificate and requests to the servers.
+struct Client {
+    cert: Arc<WorkloadCertificate>,
+    servers: Servers,
+}
+
+impl Client {
+    fn request(&self, hbone_addr: SocketAddr) -> HboneRequest {
+        HboneRequest {
+            source: self.cert.clone(),
+            source_ip: LOCALHOST,
+            hbone_addr,
+            expected: self.servers.identity.clone(),
+            target: TARGET,
+            dialer: None,
+        }
     }
 
-    async fn pair(&self) -> Result<(TcpStream, TcpStream)> {
-        let client = TcpStream::connect(self.sink.local_addr()?).await?;
-        let (server, _) = self.sink.accept().await?;
-        client.set_nodelay(true)?;
-        server.set_nodelay(true)?;
-        Ok((client, server))
+    async fn tcp(addr: SocketAddr) -> std::io::Result<TcpStream> {
+        let conn = TcpStream::connect(addr).await?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    }
+
+    /// Sends `per_conn` bytes on each stream at once; Gbit/s from the first
+    /// write until the server has read the last byte.
+    async fn bulk<S>(&mut self, streams: Vec<S>, per_conn: u64) -> Result<f64>
+    where
+        S: tokio::io::AsyncWrite + Unpin,
+    {
+        let count = streams.len();
+        let start = Instant::now();
+        for sent in join_all(streams.into_iter().map(|s| send_bulk(s, per_conn))).await {
+            sent?;
+        }
+        for _ in 0..count {
+            let got = self
+                .servers
+                .reports
+                .recv()
+                .await
+                .context("sink stopped")??;
+            ensure!(got == per_conn, "sink read {got} of {per_conn} bytes");
+        }
+        Ok(gbps(per_conn * count as u64, start.elapsed().as_secs_f64()))
+    }
+
+    async fn mesh_streams(
+        &self,
+        pool: &HbonePool,
+        n: usize,
+    ) -> Result<Vec<amesh_core::hbone::H2Stream>> {
+        let mut streams = Vec::with_capacity(n);
+        for _ in 0..n {
+            streams.push(pool.connect(self.request(self.servers.mesh_sink)).await?);
+        }
+        Ok(streams)
+    }
+
+    async fn tcp_streams(&self, n: usize) -> Result<Vec<TcpStream>> {
+        let mut streams = Vec::with_capacity(n);
+        for _ in 0..n {
+            streams.push(Self::tcp(self.servers.tcp_sink).await?);
+        }
+        Ok(streams)
     }
 }
 
-pub async fn run(scale: Scale) -> Result<Report> {
-    let mut mesh = Mesh::new().await?;
-    let tcp = Tcp::new().await?;
+fn eight_conn_pool() -> HbonePool {
+    // One stream per connection: eight separate mTLS connections.
+    HbonePool::new(PoolConfig {
+        max_streams_per_conn: 1,
+        ..PoolConfig::default()
+    })
+}
+
+fn setup(sides: &Sides) -> Result<Client> {
+    let pki = Arc::new(Pki::new());
+    let servers = sides.run_client(sides.server().spawn(start_servers(pki.clone())))??;
+    let cert = sides.run_client(pki.cert("bench", "client"));
+    Ok(Client { cert, servers })
+}
+
+pub fn run(scale: Scale, only: Option<&str>) -> Result<Report> {
+    let wanted = |name: &str| only.is_none_or(|prefix| name.starts_with(prefix));
+    let sides = Sides::new()?;
+    let mut client = setup(&sides)?;
     let runs = scale.runs();
     let mut figures = Vec::new();
+    let pool = HbonePool::new(PoolConfig::default());
 
-    // Bulk throughput, one connection.
-    let bytes = scale.pick(512, 2048) * MIB;
-    let (mut m, mut b) = (Vec::new(), Vec::new());
-    for _ in 0..runs {
-        let (client, server) = mesh.pair(&mesh.pool.clone()).await?;
-        m.push(bulk_gbps(client, server, bytes).await?);
-        let (client, server) = tcp.pair().await?;
-        b.push(bulk_gbps(client, server, bytes).await?);
+    if wanted("throughput_1conn") {
+        let bytes = scale.pick(512, 2048) * MIB;
+        let (mut m, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            sides.run_client(async {
+                let streams = client.mesh_streams(&pool, 1).await?;
+                m.push(client.bulk(streams, bytes).await?);
+                let streams = client.tcp_streams(1).await?;
+                b.push(client.bulk(streams, bytes).await?);
+                anyhow::Ok(())
+            })?;
+        }
+        figures.push(Figure::new(
+            "throughput_1conn",
+            "Gbit/s",
+            median(m),
+            Some(median(b)),
+            true,
+        ));
     }
-    figures.push(Figure::new("throughput_1conn", "Gbit/s", median(m), Some(median(b)), true));
 
-    // Bulk throughput, 8 connections at once.
-    let (m, b) = eight_connections(&mut mesh, &tcp, scale).await?;
-    figures.push(Figure::new("throughput_8conn", "Gbit/s", m, Some(b), true));
-
-    // 1-byte request/response on a kept-open connection.
-    let iterations = scale.pick(5_000, 20_000);
-    let (mut m50, mut m99, mut b50, mut b99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let target: SocketAddr = (LOCALHOST, 7).into();
-    let mut mesh_stream = mesh.pool.connect(mesh.echo.request(mesh.client.clone(), target)).await?;
-    let mut tcp_stream = TcpStream::connect(tcp.echo_addr).await?;
-    tcp_stream.set_nodelay(true)?;
-    for _ in 0..runs {
-        let mut s = ping_pong(&mut mesh_stream, 500, iterations).await?;
-        s.sort_by(f64::total_cmp);
-        m50.push(percentile(&s, 50.0));
-        m99.push(percentile(&s, 99.0));
-        let mut s = ping_pong(&mut tcp_stream, 500, iterations).await?;
-        s.sort_by(f64::total_cmp);
-        b50.push(percentile(&s, 50.0));
-        b99.push(percentile(&s, 99.0));
+    if wanted("throughput_8conn") {
+        let per_conn = scale.pick(64, 256) * MIB;
+        let (mut m, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            sides.run_client(async {
+                let streams = client.mesh_streams(&eight_conn_pool(), 8).await?;
+                m.push(client.bulk(streams, per_conn).await?);
+                let streams = client.tcp_streams(8).await?;
+                b.push(client.bulk(streams, per_conn).await?);
+                anyhow::Ok(())
+            })?;
+        }
+        figures.push(Figure::new(
+            "throughput_8conn",
+            "Gbit/s",
+            median(m),
+            Some(median(b)),
+            true,
+        ));
     }
-    drop(mesh_stream);
-    figures.push(Figure::new("latency_p50", "µs", median(m50), Some(median(b50)), false));
-    figures.push(Figure::new("latency_p99", "µs", median(m99), Some(median(b99)), false));
 
-    // New connections per second.
-    let duration = Duration::from_millis(scale.pick(500, 2000));
-    let tcp_rate = {
-        let addr = tcp.echo_addr;
-        let mut rates = Vec::new();
-        for _ in 0..runs {
-            rates.push(
-                rate(16, duration, move || async move {
-                    let conn = TcpStream::connect(addr).await?;
-                    conn.set_nodelay(true)?;
-                    one_request(conn).await
-                })
-                .await?,
-            );
-        }
-        median(rates)
-    };
-    let pooled = {
-        let pool = mesh.pool.clone();
-        let request = mesh.echo.request(mesh.client.clone(), target);
-        let mut rates = Vec::new();
-        for _ in 0..runs {
-            let pool = pool.clone();
-            let request = request.clone();
-            rates.push(
-                rate(16, duration, move || {
-                    let pool = pool.clone();
-                    let request = request.clone();
-                    async move {
-                        let stream = pool.connect(request).await.map_err(std::io::Error::other)?;
-                        one_request(stream).await
-                    }
-                })
-                .await?,
-            );
-        }
-        median(rates)
-    };
-    figures.push(Figure::new("connect_rate_pooled", "conn/s", pooled, Some(tcp_rate), true));
-    let handshake = {
-        let request = mesh.echo.request(mesh.client.clone(), target);
-        let mut rates = Vec::new();
-        for _ in 0..runs {
-            let request = request.clone();
-            rates.push(
-                rate(8, duration, move || {
-                    let request = request.clone();
-                    async move {
-                        // A fresh pool per connection: every op pays the mTLS handshake.
-                        let pool = HbonePool::new(PoolConfig::default());
-                        let stream = pool.connect(request).await.map_err(std::io::Error::other)?;
-                        one_request(stream).await
-                    }
-                })
-                .await?,
-            );
-        }
-        median(rates)
-    };
-    figures.push(Figure::new("connect_rate_handshake", "conn/s", handshake, Some(tcp_rate), true));
+    if wanted("latency") {
+        let iterations = scale.pick(5_000, 20_000);
+        let (mut m50, mut m99, mut b50, mut b99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        sides.run_client(async {
+            let mut mesh = pool
+                .connect(client.request(client.servers.mesh_echo))
+                .await?;
+            let mut tcp = Client::tcp(client.servers.tcp_echo).await?;
+            for _ in 0..runs {
+                let mut s = ping_pong(&mut mesh, 500, iterations).await?;
+                s.sort_by(f64::total_cmp);
+                m50.push(percentile(&s, 50.0));
+                m99.push(percentile(&s, 99.0));
+                let mut s = ping_pong(&mut tcp, 500, iterations).await?;
+                s.sort_by(f64::total_cmp);
+                b50.push(percentile(&s, 50.0));
+                b99.push(percentile(&s, 99.0));
+            }
+            anyhow::Ok(())
+        })?;
+        figures.push(Figure::new(
+            "latency_p50",
+            "µs",
+            median(m50),
+            Some(median(b50)),
+            false,
+        ));
+        figures.push(Figure::new(
+            "latency_p99",
+            "µs",
+            median(m99),
+            Some(median(b99)),
+            false,
+        ));
+    }
 
-    // Peak RSS of a child doing only the 8-connection run.
-    let mesh_rss = child_rss("mesh", scale).await?;
-    let tcp_rss = child_rss("tcp", scale).await?;
-    figures.push(Figure::new("peak_rss", "MiB", mesh_rss, Some(tcp_rss), false));
+    if wanted("connect_rate") {
+        let duration = Duration::from_millis(scale.pick(500, 2000));
+        let (mut tcp_rates, mut pooled, mut handshake) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..runs {
+            sides.run_client(async {
+                let addr = client.servers.tcp_echo;
+                tcp_rates.push(
+                    rate(16, duration, move || async move {
+                        one_request(Client::tcp(addr).await?).await
+                    })
+                    .await?,
+                );
 
-    drop(mesh.pki);
-    let _ = mesh.server_cert;
+                let request = client.request(client.servers.mesh_echo);
+                let (p, r) = (pool.clone(), request.clone());
+                pooled.push(
+                    rate(16, duration, move || {
+                        let (pool, request) = (p.clone(), r.clone());
+                        async move {
+                            one_request(pool.connect(request).await.map_err(std::io::Error::other)?)
+                                .await
+                        }
+                    })
+                    .await?,
+                );
+                handshake.push(
+                    rate(16, duration, move || {
+                        let request = request.clone();
+                        async move {
+                            // A fresh pool per connection: every one pays the mTLS handshake.
+                            let pool = HbonePool::new(PoolConfig::default());
+                            one_request(pool.connect(request).await.map_err(std::io::Error::other)?)
+                                .await
+                        }
+                    })
+                    .await?,
+                );
+                anyhow::Ok(())
+            })?;
+        }
+        let tcp = median(tcp_rates);
+        figures.push(Figure::new(
+            "connect_rate_pooled",
+            "conn/s",
+            median(pooled),
+            Some(tcp),
+            true,
+        ));
+        figures.push(Figure::new(
+            "connect_rate_handshake",
+            "conn/s",
+            median(handshake),
+            Some(tcp),
+            true,
+        ));
+    }
+
+    if wanted("peak_rss") {
+        let mesh_rss = child_rss("mesh", scale)?;
+        let tcp_rss = child_rss("tcp", scale)?;
+        figures.push(Figure::new(
+            "peak_rss",
+            "MiB",
+            mesh_rss,
+            Some(tcp_rss),
+            false,
+        ));
+    }
+
     Ok(Report {
         scenario: "hbone".into(),
         figures,
     })
 }
 
-/// (mesh, baseline) aggregate Gbit/s over 8 parallel connections.
-async fn eight_connections(mesh: &mut Mesh, tcp: &Tcp, scale: Scale) -> Result<(f64, f64)> {
-    let per_conn = scale.pick(128, 256) * MIB;
-    // One stream per connection: eight separate mTLS connections.
-    let pool = HbonePool::new(PoolConfig {
-        max_streams_per_conn: 1,
-        ..PoolConfig::default()
-    });
-    let (mut m, mut b) = (Vec::new(), Vec::new());
-    for _ in 0..scale.runs() {
-        let mut pairs = Vec::new();
-        for _ in 0..8 {
-            pairs.push(mesh.pair(&pool).await?);
-        }
-        m.push(parallel_gbps(pairs, per_conn).await?);
-        let mut pairs = Vec::new();
-        for _ in 0..8 {
-            pairs.push(tcp.pair().await?);
-        }
-        b.push(parallel_gbps(pairs, per_conn).await?);
-    }
-    Ok((median(m), median(b)))
-}
-
-async fn parallel_gbps<S>(pairs: Vec<(S, S)>, per_conn: u64) -> Result<f64>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let start = std::time::Instant::now();
-    let count = pairs.len() as u64;
-    let tasks: Vec<_> = pairs
-        .into_iter()
-        .map(|(client, server)| tokio::spawn(bulk_gbps(client, server, per_conn)))
-        .collect();
-    for task in tasks {
-        task.await??;
-    }
-    Ok(super::workload::gbps(per_conn * count, start.elapsed().as_secs_f64()))
-}
-
 /// Runs `meshbench hbone --rss-child <kind>` and returns its VmHWM in MiB.
-async fn child_rss(kind: &str, scale: Scale) -> Result<f64> {
-    let exe = std::env::current_exe()?;
-    let mut cmd = tokio::process::Command::new(exe);
+fn child_rss(kind: &str, scale: Scale) -> Result<f64> {
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
     cmd.args(["hbone", "--rss-child", kind]);
     if scale == Scale::Quick {
         cmd.arg("--quick");
     }
-    let out = cmd.output().await?;
-    anyhow::ensure!(
+    let out = cmd.output()?;
+    ensure!(
         out.status.success(),
         "RSS child failed: {}",
         String::from_utf8_lossy(&out.stderr)
@@ -262,31 +356,24 @@ async fn child_rss(kind: &str, scale: Scale) -> Result<f64> {
 }
 
 /// Body of the RSS child: only the 8-connection run, then VmHWM in KiB.
-pub async fn rss_child(kind: &str, scale: Scale) -> Result<u64> {
-    let per_conn = scale.pick(128, 256) * MIB;
-    match kind {
-        "mesh" => {
-            let mut mesh = Mesh::new().await?;
-            let pool = HbonePool::new(PoolConfig {
-                max_streams_per_conn: 1,
-                ..PoolConfig::default()
-            });
-            let mut pairs = Vec::new();
-            for _ in 0..8 {
-                pairs.push(mesh.pair(&pool).await?);
+pub fn rss_child(kind: &str, scale: Scale) -> Result<u64> {
+    let per_conn = scale.pick(64, 256) * MIB;
+    let sides = Sides::new()?;
+    let mut client = setup(&sides)?;
+    sides.run_client(async {
+        match kind {
+            "mesh" => {
+                let streams = client.mesh_streams(&eight_conn_pool(), 8).await?;
+                client.bulk(streams, per_conn).await?;
             }
-            parallel_gbps(pairs, per_conn).await?;
-        }
-        "tcp" => {
-            let tcp = Tcp::new().await?;
-            let mut pairs = Vec::new();
-            for _ in 0..8 {
-                pairs.push(tcp.pair().await?);
+            "tcp" => {
+                let streams = client.tcp_streams(8).await?;
+                client.bulk(streams, per_conn).await?;
             }
-            parallel_gbps(pairs, per_conn).await?;
+            other => anyhow::bail!("unknown RSS child kind {other:?}"),
         }
-        other => anyhow::bail!("unknown RSS child kind {other:?}"),
-    }
+        anyhow::Ok(())
+    })?;
     vm_hwm_kib()
 }
 

@@ -3,6 +3,7 @@
 
 pub mod hbone;
 pub mod report;
+pub mod sides;
 pub mod workload;
 
 pub use report::{Figure, Report};

@@ -13,7 +13,13 @@ pub struct Figure {
 }
 
 impl Figure {
-    pub fn new(name: &str, unit: &str, mesh: f64, baseline: Option<f64>, higher_is_better: bool) -> Self {
+    pub fn new(
+        name: &str,
+        unit: &str,
+        mesh: f64,
+        baseline: Option<f64>,
+        higher_is_better: bool,
+    ) -> Self {
         let ratio = baseline.filter(|b| *b != 0.0).map(|b| round(mesh / b, 4));
         Self {
             name: name.to_owned(),

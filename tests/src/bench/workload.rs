@@ -3,8 +3,8 @@
 //! the mesh and the baseline run exactly the same code.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -37,25 +37,16 @@ pub async fn receive_bulk<R: AsyncRead + Unpin>(mut reader: R) -> std::io::Resul
     }
 }
 
-/// Moves `bytes` from `writer` to `reader` concurrently; returns Gbit/s.
-pub async fn bulk_gbps<W, R>(writer: W, reader: R, bytes: u64) -> std::io::Result<f64>
-where
-    W: AsyncWrite + Unpin + Send + 'static,
-    R: AsyncRead + Unpin + Send + 'static,
-{
-    let start = Instant::now();
-    let send = tokio::spawn(send_bulk(writer, bytes));
-    let received = receive_bulk(reader).await?;
-    send.await.map_err(std::io::Error::other)??;
-    let secs = start.elapsed().as_secs_f64();
-    if received != bytes {
-        return Err(std::io::Error::other(format!("received {received} of {bytes} bytes")));
-    }
-    Ok(gbps(bytes, secs))
-}
-
 pub fn gbps(bytes: u64, secs: f64) -> f64 {
     bytes as f64 * 8.0 / secs / 1e9
+}
+
+/// Echoes until EOF, then closes.
+pub async fn echo<S: AsyncRead + AsyncWrite + Unpin>(stream: S) {
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    if tokio::io::copy(&mut rd, &mut wr).await.is_ok() {
+        let _ = wr.shutdown().await;
+    }
 }
 
 /// 1-byte request/response round trips on one open stream whose peer echoes;
@@ -69,7 +60,7 @@ pub async fn ping_pong<S: AsyncRead + AsyncWrite + Unpin>(
     let mut samples = Vec::with_capacity(iterations);
     for i in 0..warmup + iterations {
         let start = Instant::now();
-        stream.write_all(&[b'x']).await?;
+        stream.write_all(b"x").await?;
         stream.read_exact(&mut byte).await?;
         if i >= warmup {
             samples.push(start.elapsed().as_secs_f64() * 1e6);
@@ -82,40 +73,34 @@ pub async fn ping_pong<S: AsyncRead + AsyncWrite + Unpin>(
 /// operations per second. Fails if any operation fails.
 pub async fn rate<F, Fut>(concurrency: usize, duration: Duration, op: F) -> std::io::Result<f64>
 where
-    F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = std::io::Result<()>> + Send,
+    F: Fn() -> Fut + 'static,
+    Fut: Future<Output = std::io::Result<()>>,
 {
     let op = Arc::new(op);
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + duration;
-    let workers: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let op = op.clone();
-            let done = done.clone();
-            tokio::spawn(async move {
-                while Instant::now() < deadline {
-                    op().await?;
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok::<_, std::io::Error>(())
-            })
-        })
-        .collect();
-    for worker in workers {
-        worker.await.map_err(std::io::Error::other)??;
+    let workers = (0..concurrency).map(|_| {
+        let op = op.clone();
+        let done = done.clone();
+        async move {
+            while Instant::now() < deadline {
+                op().await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, std::io::Error>(())
+        }
+    });
+    for result in futures_util::future::join_all(workers).await {
+        result?;
     }
     Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
 
-/// One request on a fresh connection: send a byte, read the echo and the
-/// server's close. The server closes first, so TIME_WAIT stays on its side.
+/// One request on a fresh connection: send a byte and read the echo.
 pub async fn one_request<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) -> std::io::Result<()> {
     stream.write_all(b"x").await?;
-    let mut buf = [0_u8; 2];
-    let n = stream.read(&mut buf).await?;
-    if n != 1 {
-        return Err(std::io::Error::other("no echo"));
-    }
+    let mut buf = [0_u8; 1];
+    stream.read_exact(&mut buf).await?;
     Ok(())
 }

@@ -4,7 +4,10 @@
 //!     meshbench <scenario> [--quick] [--json]
 
 use amesh_tests::bench::{self, Scale};
-use anyhow::{bail, Result};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use anyhow::{Result, bail};
 use clap::Parser;
 
 #[derive(Parser, Debug)]
@@ -18,25 +21,31 @@ struct Args {
     /// Print exactly one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Run only the figures whose name starts with this (e.g. `throughput`).
+    #[arg(long)]
+    only: Option<String>,
     /// Internal: run only the 8-connection transfer and print VmHWM (KiB).
     #[arg(long, hide = true)]
     rss_child: Option<String>,
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     let args = Args::parse();
-    let scale = if args.quick { Scale::Quick } else { Scale::Full };
+    let scale = if args.quick {
+        Scale::Quick
+    } else {
+        Scale::Full
+    };
     let out = std::io::stdout();
     let mut out = out.lock();
     use std::io::Write;
     if let Some(kind) = &args.rss_child {
-        let kib = bench::hbone::rss_child(kind, scale).await?;
+        let kib = bench::hbone::rss_child(kind, scale)?;
         writeln!(out, "{kib}")?;
         return Ok(());
     }
     let report = match args.scenario.as_str() {
-        "hbone" => bench::hbone::run(scale).await?,
+        "hbone" => bench::hbone::run(scale, args.only.as_deref())?,
         other => bail!("unknown scenario {other:?}; available: hbone"),
     };
     if args.json {

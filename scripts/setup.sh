@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what amesh's build, tests and demo need, idempotently: a second run
+# changes nothing. Safe on a fresh Debian 12 machine with rustup (as root).
+set -euo pipefail
+
+# Debian packages the suite uses. Each entry is installed only if missing.
+APT_PACKAGES=(
+  ca-certificates
+)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # dpkg occasionally fails once with a transient "cannot stat" error; retry.
+  apt-get install -y -qq "${missing[@]}" || apt-get install -y -qq "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found; install Rust with rustup first" >&2
+  exit 1
+fi
+for component in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^${component}" || rustup component add "$component"
+done
