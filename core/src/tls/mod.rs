@@ -4,6 +4,7 @@
 mod config;
 pub mod peer;
 mod record;
+mod seal;
 mod stream;
 mod verifier;
 

@@ -10,11 +10,11 @@
 
 use std::io;
 
-use rustls::crypto::cipher::{
-    InboundOpaqueMessage, MessageDecrypter, MessageEncrypter, OutboundChunks, OutboundPlainMessage,
-};
+use rustls::crypto::cipher::{InboundOpaqueMessage, MessageDecrypter};
 use rustls::kernel::KernelConnection;
 use rustls::{ConnectionTrafficSecrets, ContentType, ProtocolVersion, SupportedCipherSuite};
+
+use super::seal::Sealer;
 
 /// Largest plaintext in one record (RFC 8446 §5.1).
 pub(crate) const MAX_FRAGMENT: usize = 16 * 1024;
@@ -25,6 +25,9 @@ const HEADER: usize = 5;
 const HANDSHAKE_NEW_SESSION_TICKET: u8 = 4;
 const HANDSHAKE_KEY_UPDATE: u8 = 24;
 const ALERT_CLOSE_NOTIFY: u8 = 0;
+const TYPE_ALERT: u8 = 21;
+const TYPE_HANDSHAKE: u8 = 22;
+const TYPE_APPLICATION_DATA: u8 = 23;
 
 fn tls_error(err: impl Into<rustls::Error>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, err.into())
@@ -70,7 +73,7 @@ pub(crate) enum Received {
 pub(crate) struct RecordLayer<Data> {
     kernel: KernelConnection<Data>,
     suite: &'static rustls::Tls13CipherSuite,
-    encrypter: Box<dyn MessageEncrypter>,
+    sealer: Sealer,
     decrypter: Box<dyn MessageDecrypter>,
     tx_seq: u64,
     rx_seq: u64,
@@ -89,12 +92,12 @@ impl<Data> RecordLayer<Data> {
         let suite = tls13(kernel.negotiated_cipher_suite())?;
         let (tx_seq, tx) = secrets.tx;
         let (rx_seq, rx) = secrets.rx;
-        let (tx_key, tx_iv) = split_secrets(tx)?;
+        let sealer = Sealer::new(&tx)?;
         let (rx_key, rx_iv) = split_secrets(rx)?;
         // Re-key well before the suite's limit (2^24.5 records for AES-GCM).
         let tx_limit = suite.common.confidentiality_limit.saturating_sub(1 << 16);
         Ok(Self {
-            encrypter: suite.aead_alg.encrypter(tx_key, tx_iv),
+            sealer,
             decrypter: suite.aead_alg.decrypter(rx_key, rx_iv),
             kernel,
             suite,
@@ -206,60 +209,52 @@ impl<Data> RecordLayer<Data> {
         Ok(())
     }
 
-    /// Seals `payload` (one or more slices, at most [`MAX_FRAGMENT`] bytes in
-    /// total) as one record appended to `out`.
-    fn seal(
-        &mut self,
-        typ: ContentType,
-        payload: OutboundChunks<'_>,
-        out: &mut Vec<Vec<u8>>,
-    ) -> io::Result<()> {
-        let message = OutboundPlainMessage {
-            typ,
-            version: ProtocolVersion::TLSv1_2,
-            payload,
-        };
-        let sealed = self
-            .encrypter
-            .encrypt(message, self.tx_seq)
-            .map_err(tls_error)?;
+    fn seal(&mut self, typ: u8, payload: &[&[u8]], out: &mut Vec<u8>) -> io::Result<()> {
+        self.sealer.seal(self.tx_seq, typ, payload, out)?;
         self.tx_seq += 1;
-        out.push(sealed.encode());
         Ok(())
     }
 
-    /// Seals `data` into records, sending a KeyUpdate first when one is due.
-    pub(crate) fn seal_data(&mut self, data: &[&[u8]], out: &mut Vec<Vec<u8>>) -> io::Result<()> {
+    /// Seals `data` into records of at most [`MAX_FRAGMENT`] bytes appended to
+    /// `out`, sending a KeyUpdate first when one is due.
+    pub(crate) fn seal_data(&mut self, data: &[&[u8]], out: &mut Vec<u8>) -> io::Result<()> {
         if self.key_update_owed || self.tx_seq >= self.tx_limit {
             self.send_key_update(out)?;
         }
-        let mut rest = OutboundChunks::new(data);
-        while !rest.is_empty() {
-            let (record, tail) = rest.split_at(MAX_FRAGMENT);
-            self.seal(ContentType::ApplicationData, record, out)?;
-            rest = tail;
+        let mut record: Vec<&[u8]> = Vec::with_capacity(4);
+        let mut room = MAX_FRAGMENT;
+        for mut slice in data.iter().copied() {
+            while !slice.is_empty() {
+                let (now, later) = slice.split_at(slice.len().min(room));
+                record.push(now);
+                room -= now.len();
+                slice = later;
+                if room == 0 {
+                    self.seal(TYPE_APPLICATION_DATA, &record, out)?;
+                    record.clear();
+                    room = MAX_FRAGMENT;
+                }
+            }
+        }
+        if !record.is_empty() {
+            self.seal(TYPE_APPLICATION_DATA, &record, out)?;
         }
         Ok(())
     }
 
-    fn send_key_update(&mut self, out: &mut Vec<Vec<u8>>) -> io::Result<()> {
+    fn send_key_update(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
         // KeyUpdate(update_not_requested), then switch to the next secret.
         let message: [u8; 5] = [HANDSHAKE_KEY_UPDATE, 0, 0, 1, 0];
-        self.seal(
-            ContentType::Handshake,
-            OutboundChunks::Single(&message),
-            out,
-        )?;
+        self.seal(TYPE_HANDSHAKE, &[&message], out)?;
         let (seq, secrets) = self.kernel.update_tx_secret().map_err(tls_error)?;
-        let (key, iv) = split_secrets(secrets)?;
-        self.encrypter = self.suite.aead_alg.encrypter(key, iv);
+        self.sealer = Sealer::new(&secrets)?;
         self.tx_seq = seq;
         self.key_update_owed = false;
         Ok(())
     }
 
-    pub(crate) fn seal_close_notify(&mut self, out: &mut Vec<Vec<u8>>) -> io::Result<()> {
+    pub(crate) fn seal_close_notify(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
         let alert: [u8; 2] = [1, ALERT_CLOSE_NOTIFY];
-        self.seal(ContentType::Alert, OutboundChunks::Single(&alert), out)
+        self.seal(TYPE_ALERT, &[&alert], out)
     }
 }

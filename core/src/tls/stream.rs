@@ -1,7 +1,6 @@
 //! An mTLS stream for HBONE: rustls' unbuffered API drives the handshake,
 //! then [`RecordLayer`] protects records (see `record.rs` for why).
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -25,7 +24,7 @@ const READ_BUFFER: usize = 128 * 1024;
 const MAX_WRITE: usize = 16 * MAX_FRAGMENT;
 /// Sealed bytes queued before writes push back.
 const HIGH_WATER: usize = 256 * 1024;
-/// Slices per writev.
+/// Slices taken from one vectored write.
 const MAX_IOVECS: usize = 64;
 
 fn tls_error(err: rustls::Error) -> io::Error {
@@ -234,10 +233,8 @@ where
         plain: (0, 0),
         early_plaintext,
         read_eof: false,
-        pending: VecDeque::new(),
-        pending_offset: 0,
-        pending_bytes: 0,
-        scratch: Vec::new(),
+        sealed: Vec::with_capacity(MAX_WRITE + MAX_WRITE / 64),
+        sent: 0,
         close_sent: false,
     })
 }
@@ -270,11 +267,10 @@ pub struct TlsStream<Data, IO> {
     /// Plaintext rustls decrypted during the handshake, delivered first.
     early_plaintext: Vec<u8>,
     read_eof: bool,
-    /// Sealed records not yet written to `io`.
-    pending: VecDeque<Vec<u8>>,
-    pending_offset: usize,
-    pending_bytes: usize,
-    scratch: Vec<Vec<u8>>,
+    /// Sealed records; `sealed[sent..]` is not yet written to `io`. Reset
+    /// to empty once drained, so the same (cache-warm) memory is reused.
+    sealed: Vec<u8>,
+    sent: usize,
     close_sent: bool,
 }
 
@@ -296,45 +292,22 @@ impl<Data, IO> TlsStream<Data, IO> {
 }
 
 impl<Data, IO: AsyncWrite + Unpin> TlsStream<Data, IO> {
-    /// Writes queued records until the queue is empty or `io` pushes back.
+    fn unsent(&self) -> usize {
+        self.sealed.len() - self.sent
+    }
+
+    /// Writes sealed records until none are left or `io` pushes back.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.pending.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut count = 0;
-            for (i, record) in self.pending.iter().take(MAX_IOVECS).enumerate() {
-                let from = if i == 0 { self.pending_offset } else { 0 };
-                slices[i] = IoSlice::new(&record[from..]);
-                count += 1;
-            }
-            let mut written =
-                ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count]))?;
+        while self.sent < self.sealed.len() {
+            let written = ready!(Pin::new(&mut self.io).poll_write(cx, &self.sealed[self.sent..]))?;
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.pending_bytes -= written;
-            while written > 0 {
-                let Some(front) = self.pending.front() else {
-                    break;
-                };
-                let left = front.len() - self.pending_offset;
-                if written >= left {
-                    written -= left;
-                    self.pending.pop_front();
-                    self.pending_offset = 0;
-                } else {
-                    self.pending_offset += written;
-                    written = 0;
-                }
-            }
+            self.sent += written;
         }
+        self.sealed.clear();
+        self.sent = 0;
         Poll::Ready(Ok(()))
-    }
-
-    fn queue(&mut self) {
-        for record in self.scratch.drain(..) {
-            self.pending_bytes += record.len();
-            self.pending.push_back(record);
-        }
     }
 }
 
@@ -415,7 +388,7 @@ impl<Data: Unpin, IO: AsyncWrite + Unpin> AsyncWrite for TlsStream<Data, IO> {
         if this.close_sent {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        if this.poll_drain(cx)?.is_pending() && this.pending_bytes >= HIGH_WATER {
+        if this.poll_drain(cx)?.is_pending() && this.unsent() >= HIGH_WATER {
             return Poll::Pending;
         }
         let mut taken = 0;
@@ -433,11 +406,7 @@ impl<Data: Unpin, IO: AsyncWrite + Unpin> AsyncWrite for TlsStream<Data, IO> {
         if taken == 0 {
             return Poll::Ready(Ok(0));
         }
-        let mut scratch = std::mem::take(&mut this.scratch);
-        let sealed = this.records.seal_data(&slices, &mut scratch);
-        this.scratch = scratch;
-        sealed?;
-        this.queue();
+        this.records.seal_data(&slices, &mut this.sealed)?;
         // Start sending now; what the socket does not take is flushed later.
         let _ = this.poll_drain(cx)?;
         Poll::Ready(Ok(taken))
@@ -456,11 +425,7 @@ impl<Data: Unpin, IO: AsyncWrite + Unpin> AsyncWrite for TlsStream<Data, IO> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if !this.close_sent {
-            let mut scratch = std::mem::take(&mut this.scratch);
-            let sealed = this.records.seal_close_notify(&mut scratch);
-            this.scratch = scratch;
-            sealed?;
-            this.queue();
+            this.records.seal_close_notify(&mut this.sealed)?;
             this.close_sent = true;
         }
         ready!(this.poll_drain(cx))?;
@@ -472,7 +437,7 @@ impl<Data, IO> fmt::Debug for TlsStream<Data, IO> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsStream")
             .field("peer_closed", &self.records.peer_closed())
-            .field("pending_bytes", &self.pending_bytes)
+            .field("unsent", &(self.sealed.len() - self.sent))
             .finish_non_exhaustive()
     }
 }

@@ -5,8 +5,6 @@
 
 use amesh_tests::bench::{self, Scale};
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::{Result, bail};
 use clap::Parser;
 
