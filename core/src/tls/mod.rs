@@ -13,6 +13,7 @@ use std::sync::{Arc, OnceLock};
 use rustls::crypto::CryptoProvider;
 
 pub use config::{CertSource, ServerConfigBuilder, client_config};
+pub use seal::measure_seal_gbps;
 pub use stream::{TlsStream, accept, connect};
 pub use verifier::{ClientIdentityVerifier, IdentityMismatch, ServerIdentityVerifier};
 

@@ -1,0 +1,78 @@
+//! `meshbench hbone --quick --json` runs end to end and keeps its output
+//! contract: one JSON object with every figure of the scenario, each measured
+//! (finite, positive) and carrying its baseline and ratio where it has one.
+
+// Test helpers panic on failure: that is how a test fails.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::process::Command;
+
+#[test]
+fn hbone_quick_json_reports_every_figure_against_its_baseline() {
+    let out = Command::new(env!("CARGO_BIN_EXE_meshbench"))
+        .args(["hbone", "--quick", "--json"])
+        .output()
+        .expect("run meshbench");
+    assert!(
+        out.status.success(),
+        "meshbench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.trim()).expect("exactly one JSON object");
+    assert_eq!(report["scenario"], "hbone");
+    let figures = report["figures"].as_array().expect("figures array");
+    let names: Vec<&str> = figures
+        .iter()
+        .map(|f| f["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "throughput_1conn",
+            "throughput_8conn",
+            "latency_p50",
+            "latency_p99",
+            "connect_rate_pooled",
+            "connect_rate_handshake",
+            "peak_rss"
+        ]
+    );
+    for figure in figures {
+        let name = figure["name"].as_str().expect("name");
+        let mesh = figure["mesh"].as_f64().expect("mesh is a number");
+        let baseline = figure["baseline"]
+            .as_f64()
+            .expect("every hbone figure has a baseline");
+        let ratio = figure["ratio"].as_f64().expect("ratio");
+        assert!(mesh.is_finite() && mesh > 0.0, "{name}: mesh {mesh}");
+        assert!(
+            baseline.is_finite() && baseline > 0.0,
+            "{name}: baseline {baseline}"
+        );
+        assert!(
+            (ratio - mesh / baseline).abs() < 0.01 * ratio.max(1.0),
+            "{name}: ratio {ratio} != {mesh}/{baseline}"
+        );
+        assert!(
+            figure["unit"].as_str().is_some_and(|u| !u.is_empty()),
+            "{name}: unit"
+        );
+        assert!(
+            figure["higher_is_better"].is_boolean(),
+            "{name}: higher_is_better"
+        );
+    }
+}
+
+#[test]
+fn unknown_scenario_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_meshbench"))
+        .arg("nosuch")
+        .output()
+        .expect("run meshbench");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown scenario \"nosuch\""), "{stderr}");
+}
