@@ -18,6 +18,29 @@ fn target() -> SocketAddr {
     (LOCALHOST, 8080).into()
 }
 
+/// One tunnel from shop/productpage to shop/reviews: (server, client side,
+/// server side).
+async fn tunnel() -> (
+    amesh_tests::fixtures::TestServer,
+    amesh_core::hbone::H2Stream,
+    amesh_core::hbone::H2Stream,
+) {
+    let pki = Pki::new();
+    let (handler, mut accepted) = ChannelHandler::new();
+    let server = start_server(
+        pki.cert("shop", "reviews").await,
+        handler,
+        ServerConfig::default(),
+    )
+    .await;
+    let client = HbonePool::new(PoolConfig::default())
+        .connect(server.request(pki.cert("shop", "productpage").await, target()))
+        .await
+        .expect("tunnel");
+    let (_, server_side) = accepted.recv().await.expect("accepted");
+    (server, client, server_side)
+}
+
 async fn echo_once<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     stream: &mut S,
     msg: &[u8],
@@ -394,19 +417,7 @@ async fn receive_hash<R: tokio::io::AsyncRead + Unpin>(mut r: R) -> (u64, blake3
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_gib_each_way_at_once_arrives_intact() {
     const GIB: u64 = 1 << 30;
-    let pki = Pki::new();
-    let (handler, mut accepted) = ChannelHandler::new();
-    let server = start_server(
-        pki.cert("shop", "reviews").await,
-        handler,
-        ServerConfig::default(),
-    )
-    .await;
-    let client = HbonePool::new(PoolConfig::default())
-        .connect(server.request(pki.cert("shop", "productpage").await, target()))
-        .await
-        .expect("tunnel");
-    let (_, server_side) = accepted.recv().await.expect("accepted");
+    let (_server, client, server_side) = tunnel().await;
 
     let (client_rd, client_wr) = tokio::io::split(client);
     let (server_rd, server_wr) = tokio::io::split(server_side);
@@ -426,19 +437,7 @@ async fn one_gib_each_way_at_once_arrives_intact() {
 
 #[tokio::test]
 async fn half_close_lets_the_server_keep_sending() {
-    let pki = Pki::new();
-    let (handler, mut accepted) = ChannelHandler::new();
-    let server = start_server(
-        pki.cert("shop", "reviews").await,
-        handler,
-        ServerConfig::default(),
-    )
-    .await;
-    let mut client = HbonePool::new(PoolConfig::default())
-        .connect(server.request(pki.cert("shop", "productpage").await, target()))
-        .await
-        .expect("tunnel");
-    let (_, mut server_side) = accepted.recv().await.expect("accepted");
+    let (_server, mut client, mut server_side) = tunnel().await;
 
     client.write_all(b"request").await.expect("write");
     client.shutdown().await.expect("client half-close");
@@ -503,19 +502,7 @@ async fn resets_propagate_in_both_directions() {
 
 #[tokio::test]
 async fn dropping_after_half_close_loses_nothing() {
-    let pki = Pki::new();
-    let (handler, mut accepted) = ChannelHandler::new();
-    let server = start_server(
-        pki.cert("shop", "reviews").await,
-        handler,
-        ServerConfig::default(),
-    )
-    .await;
-    let mut client = HbonePool::new(PoolConfig::default())
-        .connect(server.request(pki.cert("shop", "productpage").await, target()))
-        .await
-        .expect("tunnel");
-    let (_, server_side) = accepted.recv().await.expect("accepted");
+    let (_server, mut client, server_side) = tunnel().await;
     // The client writes 4 MiB and closes before the server reads any of it.
     let payload = vec![7u8; 4 << 20];
     let writer = tokio::spawn(async move {

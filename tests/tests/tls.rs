@@ -13,20 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[tokio::test]
 async fn key_updates_both_ways_keep_data_flowing() {
     let pki = Pki::new();
-    let server_cert = pki.cert("shop", "reviews").await;
-    let client_cert = pki.cert("shop", "productpage").await;
     let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-    let server_config = ServerConfigBuilder::build(Arc::new(server_cert));
-    let client_config = tls::client_config(&client_cert, vec![identity("shop", "reviews")]);
-    let server = tokio::spawn(tls::accept(server_config, server_io));
-    let mut client = tls::connect(
-        client_config,
-        ServerName::try_from("10.0.0.1").expect("name"),
-        client_io,
-    )
-    .await
-    .expect("client handshake");
-    let mut server = server.await.expect("task").expect("server handshake");
+    let (mut client, mut server) = handshake(&pki, client_io, server_io).await;
     assert_eq!(
         tls::peer::identity_from_der(&server.peer_certificates()[0]).expect("client identity"),
         identity("shop", "productpage")
@@ -80,8 +68,6 @@ async fn key_updates_both_ways_keep_data_flowing() {
 #[tokio::test]
 async fn tampered_record_is_rejected() {
     let pki = Pki::new();
-    let server_cert = pki.cert("shop", "reviews").await;
-    let client_cert = pki.cert("shop", "productpage").await;
     let (client_io, relay_client) = tokio::io::duplex(64 * 1024);
     let (relay_server, server_io) = tokio::io::duplex(64 * 1024);
     // A relay that forwards the handshake faithfully, then flips one bit in
@@ -107,17 +93,7 @@ async fn tampered_record_is_rejected() {
         }
         let _ = down.await;
     });
-    let server_config = ServerConfigBuilder::build(Arc::new(server_cert));
-    let client_config = tls::client_config(&client_cert, vec![identity("shop", "reviews")]);
-    let server = tokio::spawn(tls::accept(server_config, server_io));
-    let mut client = tls::connect(
-        client_config,
-        ServerName::try_from("10.0.0.1").expect("name"),
-        client_io,
-    )
-    .await
-    .expect("client handshake");
-    let mut server = server.await.expect("task").expect("server handshake");
+    let (mut client, mut server) = handshake(&pki, client_io, server_io).await;
     tamper.store(true, std::sync::atomic::Ordering::SeqCst);
     client.write_all(&[7u8; 1000]).await.expect("write");
     client.flush().await.expect("flush");
@@ -127,4 +103,27 @@ async fn tampered_record_is_rejected() {
         .await
         .expect_err("tampered record must not decrypt");
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+}
+
+type Duplex = tokio::io::DuplexStream;
+
+/// shop/productpage (client) and shop/reviews (server) handshake over the pipes.
+async fn handshake(
+    pki: &Pki,
+    client_io: Duplex,
+    server_io: Duplex,
+) -> (
+    tls::TlsStream<rustls::client::ClientConnectionData, Duplex>,
+    tls::TlsStream<rustls::server::ServerConnectionData, Duplex>,
+) {
+    let server_config = ServerConfigBuilder::build(Arc::new(pki.cert("shop", "reviews").await));
+    let client_cert = pki.cert("shop", "productpage").await;
+    let client_config = tls::client_config(&client_cert, vec![identity("shop", "reviews")]);
+    let server = tokio::spawn(tls::accept(server_config, server_io));
+    let name = ServerName::try_from("10.0.0.1").expect("name");
+    let client = tls::connect(client_config, name, client_io)
+        .await
+        .expect("client handshake");
+    let server = server.await.expect("task").expect("server handshake");
+    (client, server)
 }

@@ -178,7 +178,7 @@ fn setup(sides: &Sides) -> Result<Client> {
 }
 
 pub fn run(scale: Scale, only: Option<&str>) -> Result<Report> {
-    let wanted = |name: &str| only.is_none_or(|prefix| name.starts_with(prefix));
+    let wanted = |group: &str| only.is_none_or(|p| group.starts_with(p) || p.starts_with(group));
     let sides = Sides::new()?;
     let mut client = setup(&sides)?;
     let runs = scale.runs();
