@@ -14,4 +14,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== cargo test"
-cargo test --workspace --locked -- --test-threads 2
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+# --all-targets: unit, integration and binary tests (no doc-tests: there are none).
+cargo test --workspace --all-targets --locked -- --test-threads 2 2>&1 | tee "$log"
+awk '/^test result:/ { p += $4; f += $6 } END { printf "summary: %d passed, %d failed\n", p, f }' "$log"

@@ -11,6 +11,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// Chunks' worth of memory the write buffer cycles through.
+const WRITE_BUFFER_CHUNKS: usize = 4;
+
 /// Released when the stream is dropped: lets a pooled connection count its
 /// live streams and notice when it becomes idle.
 pub(crate) trait StreamGuard: Send + Sync {}
@@ -184,7 +187,12 @@ impl AsyncWrite for H2Stream {
         let this = self.get_mut();
         let want = buf.len().min(this.max_write_chunk);
         let n = ready!(this.poll_capacity(cx, want))?;
-        this.write_buf.reserve(n);
+        if this.write_buf.capacity() < n {
+            // Room for several chunks: once h2 has sent and dropped them, this
+            // reclaims the same allocation instead of allocating per chunk.
+            this.write_buf
+                .reserve(n.max(WRITE_BUFFER_CHUNKS * this.max_write_chunk));
+        }
         this.write_buf.extend_from_slice(&buf[..n]);
         let chunk = this.write_buf.split().freeze();
         this.halves()?
