@@ -11,9 +11,6 @@ use bytes::{Buf, Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Chunks' worth of memory the write buffer cycles through.
-const WRITE_BUFFER_CHUNKS: usize = 4;
-
 /// Released when the stream is dropped: lets a pooled connection count its
 /// live streams and notice when it becomes idle.
 pub(crate) trait StreamGuard: Send + Sync {}
