@@ -184,12 +184,11 @@ impl AsyncWrite for H2Stream {
         let this = self.get_mut();
         let want = buf.len().min(this.max_write_chunk);
         let n = ready!(this.poll_capacity(cx, want))?;
-        if this.write_buf.capacity() < n {
-            // Room for several chunks: once h2 has sent and dropped them, this
-            // reclaims the same allocation instead of allocating per chunk.
-            this.write_buf
-                .reserve(n.max(WRITE_BUFFER_CHUNKS * this.max_write_chunk));
-        }
+        // Exactly one chunk: reclaimed when h2 has already released the last
+        // one, else a fresh 64 KiB heap block. A ring of four chunks measured
+        // ~8% slower (allocations past glibc's mmap threshold) and would pin
+        // memory in every idle stream.
+        this.write_buf.reserve(n);
         this.write_buf.extend_from_slice(&buf[..n]);
         let chunk = this.write_buf.split().freeze();
         this.halves()?
