@@ -83,6 +83,24 @@ pub async fn start_server<H: ConnectHandler>(
 }
 
 impl TestServer {
+    /// Waits (bounded) until the server has refused `n` handshakes.
+    pub async fn refused_handshakes_reach(&self, n: u64) -> bool {
+        eventually(std::time::Duration::from_secs(5), || {
+            self.stats
+                .handshakes_failed
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == n
+        })
+        .await
+    }
+
+    /// CONNECT streams the server has received.
+    pub fn streams(&self) -> u64 {
+        self.stats
+            .streams
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// A request from `source` to this server, targeting `target`.
     pub fn request(&self, source: Arc<WorkloadCertificate>, target: SocketAddr) -> HboneRequest {
         HboneRequest {

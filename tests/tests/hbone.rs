@@ -130,21 +130,10 @@ async fn server_refuses_client_from_untrusted_root() {
         "unexpected error {err:?}"
     );
     assert!(
-        eventually(Duration::from_secs(5), || server
-            .stats
-            .handshakes_failed
-            .load(std::sync::atomic::Ordering::Relaxed)
-            == 1)
-        .await,
+        server.refused_handshakes_reach(1).await,
         "server counted the refused handshake"
     );
-    assert_eq!(
-        server
-            .stats
-            .streams
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert_eq!(server.streams(), 0);
 }
 
 /// A certificate from `issuer` whose trust bundle also holds `trusted`'s root.
@@ -230,14 +219,7 @@ async fn expired_certificates_are_refused_both_ways() {
         !matches!(err, HboneError::IdentityMismatch { .. }),
         "{err:?}"
     );
-    assert!(
-        eventually(Duration::from_secs(5), || server
-            .stats
-            .handshakes_failed
-            .load(std::sync::atomic::Ordering::Relaxed)
-            == 1)
-        .await
-    );
+    assert!(server.refused_handshakes_reach(1).await);
 }
 
 #[tokio::test]
@@ -315,21 +297,10 @@ async fn plaintext_and_certless_tls_are_refused() {
         "server must not talk HTTP/2 without a client cert: {outcome:?}"
     );
     assert!(
-        eventually(Duration::from_secs(5), || server
-            .stats
-            .handshakes_failed
-            .load(std::sync::atomic::Ordering::Relaxed)
-            == 2)
-        .await,
+        server.refused_handshakes_reach(2).await,
         "both attempts counted as refused handshakes"
     );
-    assert_eq!(
-        server
-            .stats
-            .streams
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert_eq!(server.streams(), 0);
 }
 
 #[derive(Debug)]
@@ -548,13 +519,7 @@ async fn thousand_concurrent_streams_share_pooled_connections() {
         10,
         "1000 streams at 100 per connection need exactly 10 connections"
     );
-    assert_eq!(
-        server
-            .stats
-            .streams
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1000
-    );
+    assert_eq!(server.streams(), 1000);
 }
 
 #[tokio::test]
