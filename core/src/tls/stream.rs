@@ -43,41 +43,32 @@ trait Handshaking {
     -> Result<(ExtractedSecrets, KernelConnection<Self::Data>), rustls::Error>;
 }
 
-impl Handshaking for UnbufferedClientConnection {
-    type Data = ClientConnectionData;
-    fn process<'c, 'i>(
-        &'c mut self,
-        incoming: &'i mut [u8],
-    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
-        self.process_tls_records(incoming)
-    }
-    fn common(&self) -> &CommonState {
-        self
-    }
-    fn into_kernel(
-        self,
-    ) -> Result<(ExtractedSecrets, KernelConnection<Self::Data>), rustls::Error> {
-        self.dangerous_into_kernel_connection()
-    }
+/// rustls gives the client and server connections the same methods but no
+/// shared trait; this forwards them.
+macro_rules! impl_handshaking {
+    ($conn:ty, $data:ty) => {
+        impl Handshaking for $conn {
+            type Data = $data;
+            fn process<'c, 'i>(
+                &'c mut self,
+                incoming: &'i mut [u8],
+            ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+                self.process_tls_records(incoming)
+            }
+            fn common(&self) -> &CommonState {
+                self
+            }
+            fn into_kernel(
+                self,
+            ) -> Result<(ExtractedSecrets, KernelConnection<Self::Data>), rustls::Error> {
+                self.dangerous_into_kernel_connection()
+            }
+        }
+    };
 }
 
-impl Handshaking for UnbufferedServerConnection {
-    type Data = ServerConnectionData;
-    fn process<'c, 'i>(
-        &'c mut self,
-        incoming: &'i mut [u8],
-    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
-        self.process_tls_records(incoming)
-    }
-    fn common(&self) -> &CommonState {
-        self
-    }
-    fn into_kernel(
-        self,
-    ) -> Result<(ExtractedSecrets, KernelConnection<Self::Data>), rustls::Error> {
-        self.dangerous_into_kernel_connection()
-    }
-}
+impl_handshaking!(UnbufferedClientConnection, ClientConnectionData);
+impl_handshaking!(UnbufferedServerConnection, ServerConnectionData);
 
 /// Runs a TLS client handshake over `io`.
 pub async fn connect<IO>(
