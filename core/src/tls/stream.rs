@@ -397,6 +397,12 @@ impl<Data: Unpin, IO: AsyncWrite + Unpin> AsyncWrite for TlsStream<Data, IO> {
         if taken == 0 {
             return Poll::Ready(Ok(0));
         }
+        // Under steady backpressure the buffer may never drain completely:
+        // drop the already-sent prefix so it cannot grow without bound.
+        if this.sent > 0 && this.sent >= this.sealed.len() / 2 {
+            this.sealed.drain(..this.sent);
+            this.sent = 0;
+        }
         this.records.seal_data(&slices, &mut this.sealed)?;
         // Start sending now; what the socket does not take is flushed later.
         let _ = this.poll_drain(cx)?;
