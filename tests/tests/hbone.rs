@@ -661,3 +661,33 @@ async fn connections_over_the_limit_are_refused_not_queued() {
     );
     echo_once(&mut first, b"still served").await;
 }
+
+#[tokio::test]
+async fn mixing_byte_reads_and_chunk_reads_keeps_the_window_open() {
+    let (_server, client, mut server_side) = tunnel().await;
+    // Three stream windows' worth (1 MiB each): a leaked window would stall.
+    let sender = tokio::spawn(send_random(client, 7, 3 << 20));
+    // Alternate: one byte through AsyncRead, then the rest of that frame as a
+    // chunk. A window leaked per frame throttles this to tens of seconds.
+    let (total, hash) = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut hasher = blake3::Hasher::new();
+        let mut total = 0u64;
+        let mut byte = [0u8; 1];
+        while total < 3 << 20 {
+            server_side.read_exact(&mut byte).await.expect("byte read");
+            hasher.update(&byte);
+            total += 1;
+            let chunk = std::future::poll_fn(|cx| server_side.poll_read_chunk(cx))
+                .await
+                .expect("chunk read");
+            let Some(chunk) = chunk else { break };
+            total += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        (total, hasher.finalize())
+    })
+    .await
+    .expect("3 MiB of mixed reads within 5 s");
+    assert_eq!(total, 3 << 20);
+    assert_eq!(hash, sender.await.expect("sender"));
+}

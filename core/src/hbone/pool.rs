@@ -132,8 +132,6 @@ struct ConnShared {
     became_idle: Notify,
 }
 
-impl StreamGuard for ConnShared {}
-
 /// Held by each stream; counts it out of its connection on drop.
 struct ActiveStream(Arc<ConnShared>);
 

@@ -79,24 +79,33 @@ impl H2Stream {
     /// Next received chunk without copying it, or `None` at EOF. Frees the
     /// flow-control window for it immediately (the caller owns the bytes).
     pub fn poll_read_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
-        if !self.pending.is_empty() {
-            return Poll::Ready(Ok(Some(std::mem::take(&mut self.pending))));
-        }
-        if self.read_eof {
+        if !ready!(self.poll_fill(cx))? {
             return Poll::Ready(Ok(None));
         }
-        let recv = &mut self.halves()?.recv;
-        match ready!(recv.poll_data(cx)) {
-            Some(Ok(chunk)) => {
-                let _ = recv.flow_control().release_capacity(chunk.len());
-                Poll::Ready(Ok(Some(chunk)))
+        let chunk = std::mem::take(&mut self.pending);
+        self.release(chunk.len())?;
+        Poll::Ready(Ok(Some(chunk)))
+    }
+
+    /// Makes `pending` non-empty; `false` at EOF.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        while self.pending.is_empty() {
+            if self.read_eof {
+                return Poll::Ready(Ok(false));
             }
-            Some(Err(err)) => Poll::Ready(Err(h2_to_io(err))),
-            None => {
-                self.read_eof = true;
-                Poll::Ready(Ok(None))
+            match ready!(self.halves()?.recv.poll_data(cx)) {
+                Some(Ok(chunk)) => self.pending = chunk,
+                Some(Err(err)) => return Poll::Ready(Err(h2_to_io(err))),
+                None => self.read_eof = true,
             }
         }
+        Poll::Ready(Ok(true))
+    }
+
+    /// Returns `n` consumed bytes to the peer's flow-control window.
+    fn release(&mut self, n: usize) -> io::Result<()> {
+        let _ = self.halves()?.recv.flow_control().release_capacity(n);
+        Ok(())
     }
 
     /// Sends an owned chunk without copying it; waits for flow-control
@@ -152,23 +161,13 @@ impl AsyncRead for H2Stream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        loop {
-            if !this.pending.is_empty() {
-                let n = this.pending.len().min(buf.remaining());
-                buf.put_slice(&this.pending[..n]);
-                this.pending.advance(n);
-                let _ = this.halves()?.recv.flow_control().release_capacity(n);
-                return Poll::Ready(Ok(()));
-            }
-            if this.read_eof {
-                return Poll::Ready(Ok(()));
-            }
-            match ready!(this.halves()?.recv.poll_data(cx)) {
-                Some(Ok(chunk)) => this.pending = chunk,
-                Some(Err(err)) => return Poll::Ready(Err(h2_to_io(err))),
-                None => this.read_eof = true,
-            }
+        if ready!(this.poll_fill(cx))? {
+            let n = this.pending.len().min(buf.remaining());
+            buf.put_slice(&this.pending[..n]);
+            this.pending.advance(n);
+            this.release(n)?;
         }
+        Poll::Ready(Ok(()))
     }
 }
 
