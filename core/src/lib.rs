@@ -4,8 +4,10 @@
 //! - [`certs`]: the CA interface, a local CA, renewing certificate store, trust bundles.
 //! - [`tls`]: rustls configuration for HBONE's mutual TLS.
 //! - [`hbone`]: HBONE (HTTP/2 CONNECT over mTLS) client, pool and server.
+//! - [`config`]: the workload model (workloads, services) and its file watcher.
 
 pub mod certs;
+pub mod config;
 pub mod hbone;
 pub mod identity;
 pub mod tls;

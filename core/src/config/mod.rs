@@ -1,0 +1,37 @@
+//! The workload model: the workloads and services a ztunnel and node agent
+//! act on, in the shapes the control plane will push later. Today they come
+//! from a local YAML file ([`load_file`], [`ConfigWatcher`]).
+//!
+//! ```yaml
+//! workloads:
+//!   - uid: default/client            # unique; "<namespace>/<name>" by convention
+//!     name: client
+//!     namespace: default
+//!     serviceAccount: client         # default "default"
+//!     node: node-0
+//!     ips: [10.244.0.2]
+//!     labels: {app: client}
+//!     protocol: HBONE                # HBONE: in the mesh (captured); TCP (default): not
+//!     netns: cni-1234                # node agent: netns name under /var/run/netns (default: name)
+//!     status: Healthy                # Unhealthy endpoints are skipped by load balancing
+//!     waypoint: {address: 10.244.0.9, port: 15008}
+//! services:
+//!   - name: echo
+//!     namespace: default
+//!     hostname: echo.default.svc.cluster.local   # default <name>.<namespace>.svc.cluster.local
+//!     vips: [10.96.0.10]
+//!     ports: [{port: 80, targetPort: 8080}]     # targetPort defaults to port
+//!     endpoints: [default/echo-0, default/echo-1]
+//! ```
+
+mod error;
+mod model;
+mod parse;
+mod snapshot;
+mod watch;
+
+pub use error::ConfigError;
+pub use model::{HealthStatus, Protocol, Service, ServicePort, WaypointRef, Workload};
+pub use parse::{load_file, parse};
+pub use snapshot::{ConfigSnapshot, ServiceEntry};
+pub use watch::{ConfigWatcher, WatchConfig};

@@ -1,0 +1,91 @@
+//! An immutable, indexed view of one config version.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::model::{Service, Workload};
+
+/// A service with its endpoints resolved, and its load-balancing cursor.
+#[derive(Debug)]
+pub struct ServiceEntry {
+    pub service: Service,
+    /// In the order the config lists them.
+    pub endpoints: Vec<Arc<Workload>>,
+    next: AtomicUsize,
+}
+
+impl ServiceEntry {
+    /// Round robin over healthy endpoints; `None` when there is none.
+    pub fn pick_endpoint(&self) -> Option<&Arc<Workload>> {
+        let n = self.endpoints.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &self.endpoints[(start + i) % n])
+            .find(|w| w.is_healthy())
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct ConfigSnapshot {
+    by_uid: HashMap<String, Arc<Workload>>,
+    by_ip: HashMap<IpAddr, Arc<Workload>>,
+    by_vip: HashMap<IpAddr, Arc<ServiceEntry>>,
+    /// Workload uids in file order.
+    order: Vec<String>,
+    services: Vec<Arc<ServiceEntry>>,
+}
+
+impl ConfigSnapshot {
+    /// Builds the indexes; the caller has validated uniqueness and references.
+    pub(super) fn new(workloads: Vec<Workload>, services: Vec<Service>) -> Self {
+        let mut snap = Self::default();
+        for workload in workloads {
+            let workload = Arc::new(workload);
+            for ip in &workload.ips {
+                snap.by_ip.insert(*ip, workload.clone());
+            }
+            snap.order.push(workload.uid.clone());
+            snap.by_uid.insert(workload.uid.clone(), workload);
+        }
+        for service in services {
+            let endpoints = service
+                .endpoints
+                .iter()
+                .filter_map(|uid| snap.by_uid.get(uid).cloned())
+                .collect();
+            let entry = Arc::new(ServiceEntry {
+                service,
+                endpoints,
+                next: AtomicUsize::new(0),
+            });
+            for vip in &entry.service.vips {
+                snap.by_vip.insert(*vip, entry.clone());
+            }
+            snap.services.push(entry);
+        }
+        snap
+    }
+
+    pub fn workload_by_uid(&self, uid: &str) -> Option<&Arc<Workload>> {
+        self.by_uid.get(uid)
+    }
+
+    pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
+        self.by_ip.get(&ip)
+    }
+
+    pub fn service_by_vip(&self, ip: IpAddr) -> Option<&Arc<ServiceEntry>> {
+        self.by_vip.get(&ip)
+    }
+
+    /// All workloads in file order.
+    pub fn workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {
+        self.order.iter().filter_map(|uid| self.by_uid.get(uid))
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Arc<ServiceEntry>> {
+        self.services.iter()
+    }
+}

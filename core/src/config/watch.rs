@@ -1,0 +1,155 @@
+//! Keeps a [`ConfigSnapshot`] in step with its file: a valid change is
+//! published to subscribers; an invalid one is logged with file, line and
+//! field, and the last good snapshot stays.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info};
+
+use super::error::ConfigError;
+use super::parse::{load_file, parse};
+use super::snapshot::ConfigSnapshot;
+
+#[derive(Clone, Debug)]
+pub struct WatchConfig {
+    pub path: PathBuf,
+    pub trust_domain: String,
+    /// Editors write in several steps; changes within this window apply once.
+    pub debounce: Duration,
+}
+
+impl WatchConfig {
+    pub fn new(path: impl Into<PathBuf>, trust_domain: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            trust_domain: trust_domain.into(),
+            debounce: Duration::from_millis(20),
+        }
+    }
+}
+
+/// Watches one config file. Dropping it stops watching.
+#[derive(Debug)]
+pub struct ConfigWatcher {
+    current: watch::Receiver<Arc<ConfigSnapshot>>,
+    _watcher: notify::RecommendedWatcher,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ConfigWatcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ConfigWatcher {
+    /// Loads the file (it must be valid) and starts watching it. Must be
+    /// called inside a tokio runtime.
+    pub fn start(config: WatchConfig) -> Result<Self, ConfigError> {
+        let initial = load_file(&config.path, &config.trust_domain)?;
+        let initial_text = std::fs::read(&config.path).unwrap_or_default();
+        let (tx, current) = watch::channel(Arc::new(initial));
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let file_name = config.path.file_name().map(|n| n.to_owned());
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let relevant = match &event {
+                    Ok(event) => event
+                        .paths
+                        .iter()
+                        .any(|p| p.file_name().map(|n| n.to_owned()) == file_name),
+                    Err(_) => true,
+                };
+                if relevant {
+                    let _ = events_tx.send(());
+                }
+            })
+            .map_err(|err| watch_error(&config.path, &err))?;
+        // The parent, not the file: an atomic rename replaces the file's inode.
+        let dir = parent_dir(&config.path);
+        watcher
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .map_err(|err| watch_error(&config.path, &err))?;
+        let task = tokio::spawn(reload_loop(config, events, tx, initial_text));
+        Ok(Self {
+            current,
+            _watcher: watcher,
+            task,
+        })
+    }
+
+    pub fn current(&self) -> Arc<ConfigSnapshot> {
+        self.current.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ConfigSnapshot>> {
+        self.current.clone()
+    }
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn watch_error(path: &Path, err: &notify::Error) -> ConfigError {
+    ConfigError {
+        file: path.to_owned(),
+        line: None,
+        column: None,
+        field: String::new(),
+        message: format!("cannot watch for changes: {err}"),
+    }
+}
+
+async fn reload_loop(
+    config: WatchConfig,
+    mut events: mpsc::UnboundedReceiver<()>,
+    tx: watch::Sender<Arc<ConfigSnapshot>>,
+    mut last_text: Vec<u8>,
+) {
+    while events.recv().await.is_some() {
+        tokio::time::sleep(config.debounce).await;
+        while events.try_recv().is_ok() {}
+        let text = match tokio::fs::read(&config.path).await {
+            Ok(text) => text,
+            Err(err) => {
+                error!(file = %config.path.display(), %err, "config unreadable; keeping the last good config");
+                continue;
+            }
+        };
+        if text == last_text {
+            continue;
+        }
+        let parsed = std::str::from_utf8(&text)
+            .map_err(|err| ConfigError {
+                file: config.path.clone(),
+                line: None,
+                column: None,
+                field: String::new(),
+                message: format!("not UTF-8: {err}"),
+            })
+            .and_then(|text| parse(text, &config.path, &config.trust_domain));
+        last_text = text;
+        match parsed {
+            Ok(snapshot) => {
+                info!(
+                    file = %config.path.display(),
+                    workloads = snapshot.workloads().count(),
+                    services = snapshot.services().count(),
+                    "config applied"
+                );
+                tx.send_replace(Arc::new(snapshot));
+            }
+            Err(err) => {
+                error!(error = %err, "config refused; keeping the last good config");
+            }
+        }
+    }
+}
