@@ -6,6 +6,11 @@ set -euo pipefail
 # Debian packages the suite uses. Each entry is installed only if missing.
 APT_PACKAGES=(
   ca-certificates
+  iproute2                    # ip: network namespaces, veth, routes, policy rules
+  nftables                    # nft: in-pod traffic capture
+  containernetworking-plugins # reference CNI plugins (bridge, host-local, ...)
+  curl                        # HTTP client inside pods in tests and the demo
+  nghttp2-client              # h2load
 )
 
 missing=()

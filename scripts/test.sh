@@ -13,6 +13,11 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "== cargo build --bins"
+# End-to-end tests start ztunnel, the node agent and the test apps as real
+# processes: build every binary in the profile the tests use.
+cargo build --workspace --bins --locked
+
 echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -118,12 +118,18 @@ impl LocalCa {
             path: path.display().to_string(),
             reason: e.to_string(),
         };
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        // Every ztunnel of a local mesh may start at once with the same dir:
+        // the first creates the root, the others wait and load it.
+        let lock_path = dir.join("ca.lock");
+        let lock_file = std::fs::File::create(&lock_path).map_err(|e| io_err(&lock_path, e))?;
+        let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, errno)| io_err(&lock_path, errno.into()))?;
         if cert_path.exists() && key_path.exists() {
             let cert = std::fs::read(&cert_path).map_err(|e| io_err(&cert_path, e))?;
             let key = std::fs::read(&key_path).map_err(|e| io_err(&key_path, e))?;
             return Self::from_pem(&cert, &key, None);
         }
-        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         let (cert_pem, key_pem) = generate_root(trust_domain)?;
         write_private(&key_path, key_pem.as_bytes()).map_err(|e| io_err(&key_path, e))?;
         std::fs::write(&cert_path, cert_pem.as_bytes()).map_err(|e| io_err(&cert_path, e))?;

@@ -1,0 +1,94 @@
+//! Inbound HBONE (port 15008 in each pod): check the target, connect to the
+//! app inside the pod keeping the client's IP, relay.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use amesh_core::hbone::{ConnectHandler, InboundConnect, Rejection, Responder};
+use tracing::{info, warn};
+
+use crate::pod::Pod;
+use crate::proxy::Proxy;
+use crate::relay;
+use crate::socket::{self, Upstream};
+
+#[derive(Debug)]
+pub struct InboundHandler {
+    proxy: Arc<Proxy>,
+    pod: Arc<Pod>,
+}
+
+impl InboundHandler {
+    pub fn new(proxy: Arc<Proxy>, pod: Arc<Pod>) -> Self {
+        Self { proxy, pod }
+    }
+}
+
+impl ConnectHandler for InboundHandler {
+    async fn handle(&self, request: InboundConnect, responder: Responder) {
+        let start = Instant::now();
+        let (proxy, pod) = (&self.proxy, &self.pod);
+        let target = request.target;
+        let bad_target = if proxy.settings.ports.is_ztunnel_port(target.port()) {
+            Some("the target is a ztunnel port")
+        } else if !pod.owns_ip(proxy, target.ip(), request.local_addr.ip()) {
+            Some("the target is not this pod")
+        } else {
+            None
+        };
+        if let Some(reason) = bad_target {
+            responder.reject(Rejection::BadTarget);
+            warn!(
+                pod = %pod.name(), src.addr = %request.peer_addr, src.identity = %request.peer,
+                dst.addr = %target, reason, "inbound HBONE refused: 400"
+            );
+            return;
+        }
+        // The tunnel's TCP source is the client pod's IP: the app sees it.
+        let upstream = Upstream {
+            dst: target,
+            spoof_src: Some(request.peer_addr.ip()),
+            timeout: proxy.settings.connect_timeout,
+        };
+        let app = tokio::select! {
+            _ = pod.cancel.cancelled() => return,
+            app = socket::connect(&pod.netns, upstream) => app,
+        };
+        let app = match app {
+            Ok(app) => app,
+            Err(err) => {
+                responder.reject(Rejection::TargetRefused);
+                warn!(
+                    pod = %pod.name(), src.addr = %request.peer_addr, src.identity = %request.peer,
+                    dst.addr = %target, error = %err, "inbound HBONE: app refused: 503"
+                );
+                return;
+            }
+        };
+        let tunnel = match responder.accept() {
+            Ok(tunnel) => tunnel,
+            Err(err) => {
+                warn!(pod = %pod.name(), error = %err, "inbound HBONE: client went away");
+                return;
+            }
+        };
+        let relayed = tokio::select! {
+            _ = pod.cancel.cancelled() => return,
+            relayed = relay::tcp_to_tunnel(app, tunnel) => relayed,
+        };
+        info!(
+            direction = "inbound",
+            src.addr = %request.peer_addr,
+            src.identity = %request.peer,
+            dst.addr = %target,
+            dst.workload = %pod.name(),
+            dst.identity = %pod.identity,
+            protocol = "HBONE",
+            bytes_sent = relayed.received,
+            bytes_recv = relayed.sent,
+            duration_ms = start.elapsed().as_millis() as u64,
+            error = relayed.error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
+            "connection complete"
+        );
+    }
+}

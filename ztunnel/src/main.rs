@@ -1,0 +1,133 @@
+//! ztunnel: amesh's node proxy. Serves every enrolled pod of its node from
+//! inside the pod's network namespace: captured outbound traffic goes over
+//! HBONE (mutual TLS with workload identities) or passes through; inbound
+//! HBONE and plaintext reach the app with the client's IP.
+
+mod accept;
+mod inbound;
+mod netns;
+mod outbound;
+mod plaintext;
+mod pod;
+mod proxy;
+mod relay;
+mod route;
+mod socket;
+// mod zds_client;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use amesh_core::certs::{CertStore, CertStoreConfig, LocalCa};
+use amesh_core::config::{ConfigWatcher, WatchConfig};
+use amesh_core::hbone::{HbonePool, PoolConfig};
+use anyhow::Context;
+use clap::Parser;
+use tracing::info;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "amesh node proxy")]
+struct Args {
+    /// This node's name: the workloads it serves have `node: <name>`.
+    #[arg(long)]
+    node: String,
+    /// Workload config (YAML), watched for changes.
+    #[arg(long)]
+    config: PathBuf,
+    /// The node agent's ZDS socket.
+    #[arg(long, default_value = "/var/run/ztunnel/ztunnel.sock")]
+    zds_socket: PathBuf,
+    /// Local CA directory (root-cert.pem, root-key.pem); created if missing.
+    #[arg(long, default_value = "/var/lib/amesh/ca")]
+    ca_dir: PathBuf,
+    #[arg(long, default_value = amesh_core::identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    #[arg(long, default_value_t = 15001)]
+    outbound_port: u16,
+    #[arg(long, default_value_t = 15006)]
+    inbound_plaintext_port: u16,
+    #[arg(long, default_value_t = 15008)]
+    inbound_port: u16,
+    /// Bound on connecting to apps and passthrough destinations, in ms.
+    #[arg(long, default_value_t = 10_000)]
+    connect_timeout_ms: u64,
+    /// Tokio worker threads (default: one per core).
+    #[arg(long)]
+    worker_threads: Option<usize>,
+    /// Log lines as JSON instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.log_json);
+    // Before any thread exists: every later thread starts in this namespace.
+    netns::init_home().context("reading ztunnel's own network namespace")?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.worker_threads {
+        runtime.worker_threads(n);
+    }
+    let runtime = runtime.enable_all().build().context("starting the runtime")?;
+    runtime.block_on(run(args))
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let watcher = ConfigWatcher::start(WatchConfig::new(&args.config, &args.trust_domain))
+        .map_err(|err| anyhow::anyhow!("invalid config: {err}"))?;
+    let ca = LocalCa::load_or_create(&args.ca_dir, &args.trust_domain)
+        .with_context(|| format!("loading the CA from {}", args.ca_dir.display()))?;
+    let certs = Arc::new(CertStore::new(Arc::new(ca), CertStoreConfig::default()));
+    let proxy = Arc::new(proxy::Proxy {
+        settings: proxy::Settings {
+            node: args.node.clone(),
+            trust_domain: args.trust_domain.clone(),
+            ports: proxy::Ports {
+                outbound: args.outbound_port,
+                inbound_plaintext: args.inbound_plaintext_port,
+                inbound: args.inbound_port,
+            },
+            connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+        },
+        config: watcher.subscribe(),
+        certs,
+        pool: HbonePool::new(PoolConfig::default()),
+    });
+    let registry = Arc::new(pod::PodRegistry::new(proxy));
+    info!(node = %args.node, config = %args.config.display(), zds = %args.zds_socket.display(), "ztunnel started");
+
+    let zds = std::future::pending::<()>();
+    tokio::select! {
+        _ = zds => {}
+        _ = shutdown_signal() => {}
+    }
+    info!("shutting down");
+    registry.remove_all();
+    drop(watcher);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

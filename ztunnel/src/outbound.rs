@@ -1,0 +1,138 @@
+//! Outbound: connections the pod's apps open, captured on port 15001.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use amesh_core::hbone::{HboneRequest, Dialer, DialFuture};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{info, warn};
+
+use crate::accept::accept_loop;
+use crate::pod::Pod;
+use crate::proxy::Proxy;
+use crate::relay::{self, Relayed};
+use crate::route::{Route, route};
+use crate::socket::{self, Upstream};
+
+pub async fn serve(proxy: Arc<Proxy>, pod: Arc<Pod>, listener: TcpListener) {
+    let cancel = pod.cancel.clone();
+    accept_loop(listener, cancel, |stream, peer| {
+        handle(proxy.clone(), pod.clone(), stream, peer)
+    })
+    .await;
+}
+
+async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, stream: TcpStream, peer: SocketAddr) {
+    let start = Instant::now();
+    let dst = match socket::original_dst(&stream) {
+        Ok(dst) => dst,
+        Err(err) => {
+            warn!(pod = %pod.name(), src.addr = %peer, %err, "outbound connection without an original destination: closed");
+            return;
+        }
+    };
+    if dst.port() == proxy.settings.ports.outbound && pod.owns_ip(&proxy, dst.ip(), dst.ip()) {
+        warn!(pod = %pod.name(), src.addr = %peer, "connection addressed to ztunnel's own outbound port: closed");
+        return;
+    }
+    let decision = route(&proxy.snapshot(), dst, proxy.settings.ports.inbound);
+    match decision {
+        Route::Hbone { hbone_addr, target, expected, service, via_waypoint } => {
+            let source = match proxy.certs.get(&pod.identity).await {
+                Ok(cert) => cert,
+                Err(err) => {
+                    warn!(pod = %pod.name(), %err, "no certificate: connection reset");
+                    socket::reset_on_close(&stream);
+                    return;
+                }
+            };
+            let request = HboneRequest {
+                source,
+                source_ip: peer.ip(),
+                hbone_addr,
+                expected: expected.clone(),
+                target,
+                dialer: Some(Arc::new(PodDialer { pod: pod.clone(), proxy: proxy.clone() })),
+            };
+            match proxy.pool.connect(request).await {
+                Ok(tunnel) => {
+                    let relayed = relay::tcp_to_tunnel(stream, tunnel).await;
+                    log_outbound(&pod, peer, target, Some(&expected), service.as_deref(), via_waypoint, start, &relayed);
+                }
+                Err(err) => {
+                    socket::reset_on_close(&stream);
+                    warn!(
+                        pod = %pod.name(), src.addr = %peer, dst.addr = %target, dst.hbone_addr = %hbone_addr,
+                        dst.identity = %expected, dst.service = service.as_deref().unwrap_or(""), error = %err,
+                        "outbound HBONE connection failed: client reset"
+                    );
+                }
+            }
+        }
+        Route::Passthrough { dst: target, service } => {
+            let upstream = Upstream { dst: target, spoof_src: None, timeout: proxy.settings.connect_timeout };
+            match socket::connect(&pod.netns, upstream).await {
+                Ok(upstream) => {
+                    let relayed = relay::tcp_to_tcp(stream, upstream).await;
+                    log_outbound(&pod, peer, target, None, service.as_deref(), false, start, &relayed);
+                }
+                Err(err) => {
+                    socket::reset_on_close(&stream);
+                    warn!(pod = %pod.name(), src.addr = %peer, dst.addr = %target, error = %err, "passthrough connect failed: client reset");
+                }
+            }
+        }
+        Route::Refuse(reason) => {
+            socket::reset_on_close(&stream);
+            warn!(pod = %pod.name(), src.addr = %peer, dst.addr = %dst, reason, "outbound connection refused");
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn log_outbound(
+    pod: &Pod,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    dst_identity: Option<&amesh_core::Identity>,
+    service: Option<&str>,
+    via_waypoint: bool,
+    start: Instant,
+    relayed: &Relayed,
+) {
+    let dst_identity = dst_identity.map(|i| i.to_string());
+    info!(
+        direction = "outbound",
+        src.addr = %peer,
+        src.workload = %pod.name(),
+        src.identity = %pod.identity,
+        dst.addr = %dst,
+        dst.service = service.unwrap_or(""),
+        dst.identity = dst_identity.as_deref().unwrap_or(""),
+        protocol = if dst_identity.is_some() { "HBONE" } else { "TCP" },
+        via_waypoint,
+        bytes_sent = relayed.sent,
+        bytes_recv = relayed.received,
+        duration_ms = start.elapsed().as_millis() as u64,
+        error = relayed.error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
+        "connection complete"
+    );
+}
+
+/// Dials HBONE connections from inside the source pod's network namespace,
+/// so tunnels leave from the pod's own IP.
+#[derive(Debug)]
+struct PodDialer {
+    pod: Arc<Pod>,
+    proxy: Arc<Proxy>,
+}
+
+impl Dialer for PodDialer {
+    fn dial(&self, dst: SocketAddr) -> DialFuture<'_> {
+        Box::pin(socket::connect(
+            &self.pod.netns,
+            Upstream { dst, spoof_src: None, timeout: self.proxy.settings.connect_timeout },
+        ))
+    }
+}

@@ -1,0 +1,70 @@
+//! Inbound plaintext (port 15006 in each pod): TCP from outside the mesh,
+//! proxied to the app keeping the client's IP. Policy on it comes with
+//! PeerAuthentication.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{info, warn};
+
+use crate::accept::accept_loop;
+use crate::pod::Pod;
+use crate::proxy::Proxy;
+use crate::relay;
+use crate::socket::{self, Upstream};
+
+pub async fn serve(proxy: Arc<Proxy>, pod: Arc<Pod>, listener: TcpListener) {
+    let cancel = pod.cancel.clone();
+    accept_loop(listener, cancel, |stream, peer| {
+        handle(proxy.clone(), pod.clone(), stream, peer)
+    })
+    .await;
+}
+
+async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, stream: TcpStream, peer: SocketAddr) {
+    let start = Instant::now();
+    let arrived_on = match stream.local_addr() {
+        Ok(local) => local.ip(),
+        Err(_) => return,
+    };
+    let target = match socket::original_dst(&stream) {
+        Ok(dst) => dst,
+        Err(err) => {
+            warn!(pod = %pod.name(), src.addr = %peer, %err, "plaintext connection without an original destination: closed");
+            return;
+        }
+    };
+    if proxy.settings.ports.is_ztunnel_port(target.port()) || !pod.owns_ip(&proxy, target.ip(), arrived_on) {
+        warn!(pod = %pod.name(), src.addr = %peer, dst.addr = %target, "plaintext connection to a ztunnel port or another address: closed");
+        return;
+    }
+    let upstream = Upstream {
+        dst: target,
+        spoof_src: Some(peer.ip()),
+        timeout: proxy.settings.connect_timeout,
+    };
+    let app = match socket::connect(&pod.netns, upstream).await {
+        Ok(app) => app,
+        Err(err) => {
+            socket::reset_on_close(&stream);
+            warn!(pod = %pod.name(), src.addr = %peer, dst.addr = %target, error = %err, "plaintext inbound: app refused: client reset");
+            return;
+        }
+    };
+    let relayed = relay::tcp_to_tcp(stream, app).await;
+    info!(
+        direction = "inbound",
+        src.addr = %peer,
+        dst.addr = %target,
+        dst.workload = %pod.name(),
+        dst.identity = %pod.identity,
+        protocol = "TCP",
+        bytes_sent = relayed.received,
+        bytes_recv = relayed.sent,
+        duration_ms = start.elapsed().as_millis() as u64,
+        error = relayed.error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
+        "connection complete"
+    );
+}

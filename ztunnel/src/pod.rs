@@ -1,0 +1,198 @@
+//! Enrolled pods: each gets its listeners (outbound capture, inbound
+//! plaintext, inbound HBONE) inside its own network namespace.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use amesh_core::Identity;
+use amesh_core::hbone::{DrainSignal, HboneServer, ServerConfig, drain_channel};
+use amesh_core::tls::ServerConfigBuilder;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::inbound::InboundHandler;
+use crate::netns::Netns;
+use crate::proxy::Proxy;
+use crate::{outbound, plaintext, socket};
+
+/// Bound on obtaining a pod's certificate before its listeners open.
+const CERT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What ZDS tells us about a pod.
+#[derive(Clone, Debug)]
+pub struct PodInfo {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+}
+
+#[derive(Debug)]
+pub struct Pod {
+    pub info: PodInfo,
+    pub identity: Identity,
+    pub netns: Netns,
+    /// Cancelled when the pod leaves: ends its listeners and connections.
+    pub cancel: CancellationToken,
+}
+
+impl Pod {
+    /// Whether `ip` is this pod's: it is in the config, or it is the address
+    /// a connection to this pod's namespace arrived on.
+    pub fn owns_ip(&self, proxy: &Proxy, ip: IpAddr, arrived_on: IpAddr) -> bool {
+        ip == arrived_on
+            || proxy
+                .snapshot()
+                .workload_by_uid(&self.info.uid)
+                .is_some_and(|w| w.ips.contains(&ip))
+    }
+
+    /// The pod's IP as the config knows it, for logs.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.info.namespace, self.info.name)
+    }
+}
+
+struct Entry {
+    pod: Arc<Pod>,
+    drain: DrainSignal,
+}
+
+/// The pods this ztunnel serves, keyed by uid.
+pub struct PodRegistry {
+    proxy: Arc<Proxy>,
+    pods: Mutex<HashMap<String, Entry>>,
+}
+
+impl std::fmt::Debug for PodRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodRegistry")
+            .field("pods", &self.uids())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AddError {
+    #[error("invalid identity: {0}")]
+    Identity(#[from] amesh_core::identity::IdentityError),
+    #[error("no certificate for {identity}: {reason}")]
+    Certificate { identity: Identity, reason: String },
+    #[error("cannot listen on port {port} in the pod's network namespace: {source}")]
+    Listen { port: u16, source: std::io::Error },
+    #[error("bad network namespace fd: {0}")]
+    Netns(std::io::Error),
+}
+
+impl PodRegistry {
+    pub fn new(proxy: Arc<Proxy>) -> Self {
+        Self {
+            proxy,
+            pods: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.pods.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn uids(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    pub fn contains(&self, uid: &str) -> bool {
+        self.lock().contains_key(uid)
+    }
+
+    /// Starts serving a pod. Re-adding a pod already served from the same
+    /// namespace (the node agent re-sends its snapshot) changes nothing.
+    pub async fn add(&self, info: PodInfo, netns: std::os::fd::OwnedFd) -> Result<(), AddError> {
+        let netns = Netns::new(netns).map_err(AddError::Netns)?;
+        if let Some(existing) = self.lock().get(&info.uid) {
+            if existing.pod.netns.same_namespace(&netns) {
+                return Ok(());
+            }
+        }
+        // Same uid, new namespace (the pod was recreated): start over.
+        self.remove(&info.uid);
+
+        let settings = &self.proxy.settings;
+        let identity = Identity::new(&settings.trust_domain, &info.namespace, &info.service_account)?;
+        match tokio::time::timeout(CERT_TIMEOUT, self.proxy.certs.get(&identity)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
+                return Err(AddError::Certificate {
+                    identity,
+                    reason: err.to_string(),
+                });
+            }
+            Err(_) => {
+                return Err(AddError::Certificate {
+                    identity,
+                    reason: format!("not issued within {CERT_TIMEOUT:?}"),
+                });
+            }
+        }
+
+        let ports = settings.ports;
+        let listen = |port| socket::listen(&netns, port).map_err(|source| AddError::Listen { port, source });
+        let outbound_listener = listen(ports.outbound)?;
+        let plaintext_listener = listen(ports.inbound_plaintext)?;
+        let hbone_listener = listen(ports.inbound)?;
+
+        let pod = Arc::new(Pod {
+            info: info.clone(),
+            identity: identity.clone(),
+            netns,
+            cancel: CancellationToken::new(),
+        });
+        tokio::spawn(outbound::serve(self.proxy.clone(), pod.clone(), outbound_listener));
+        tokio::spawn(plaintext::serve(self.proxy.clone(), pod.clone(), plaintext_listener));
+        let tls = ServerConfigBuilder::build(Arc::new(self.proxy.certs.watch(&identity)));
+        let handler = Arc::new(InboundHandler::new(self.proxy.clone(), pod.clone()));
+        let server = HboneServer::new(ServerConfig::default(), tls, handler);
+        let (drain, drain_watch) = drain_channel();
+        tokio::spawn(server.serve(hbone_listener, drain_watch));
+
+        info!(pod = %pod.name(), uid = %info.uid, %identity, "pod enrolled: listening on {}, {}, {}",
+            ports.outbound, ports.inbound_plaintext, ports.inbound);
+        self.lock().insert(info.uid, Entry { pod, drain });
+        Ok(())
+    }
+
+    /// Stops serving a pod: closes its listeners and its connections.
+    pub fn remove(&self, uid: &str) {
+        let Some(entry) = self.lock().remove(uid) else {
+            return;
+        };
+        entry.pod.cancel.cancel();
+        entry.drain.drain();
+        info!(pod = %entry.pod.name(), uid, "pod removed: listeners and connections closed");
+        let identity = &entry.pod.identity;
+        if !self.lock().values().any(|e| &e.pod.identity == identity) {
+            self.proxy.certs.forget(identity);
+        }
+    }
+
+    /// Removes every pod not in `keep` (after a ZDS snapshot).
+    pub fn retain(&self, keep: &HashSet<String>) {
+        let stale: Vec<String> = self
+            .lock()
+            .keys()
+            .filter(|uid| !keep.contains(*uid))
+            .cloned()
+            .collect();
+        for uid in stale {
+            warn!(uid, "pod not in the node agent's snapshot: removing");
+            self.remove(&uid);
+        }
+    }
+
+    pub fn remove_all(&self) {
+        for uid in self.uids() {
+            self.remove(&uid);
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! Copying bytes both ways between a client and its upstream, with TCP's
+//! close semantics: EOF on one side half-closes the other; a reset on one
+//! side resets the other.
+
+use std::io;
+
+use amesh_core::hbone::H2Stream;
+use tokio::io::copy_bidirectional_with_sizes;
+use tokio::net::TcpStream;
+
+use crate::socket::reset_on_close;
+
+/// Large enough that one read fills an HTTP/2 write chunk.
+const BUF: usize = 64 * 1024;
+
+/// What one proxied connection moved.
+#[derive(Debug, Default)]
+pub struct Relayed {
+    /// Bytes from the connection's client side to its upstream.
+    pub sent: u64,
+    /// Bytes from the upstream back to the client.
+    pub received: u64,
+    pub error: Option<io::Error>,
+}
+
+/// TCP ↔ HBONE tunnel.
+pub async fn tcp_to_tunnel(mut tcp: TcpStream, mut tunnel: H2Stream) -> Relayed {
+    match copy_bidirectional_with_sizes(&mut tcp, &mut tunnel, BUF, BUF).await {
+        Ok((sent, received)) => Relayed {
+            sent,
+            received,
+            error: None,
+        },
+        Err(err) => {
+            if is_reset(&err) {
+                reset_on_close(&tcp);
+                tunnel.reset();
+            }
+            Relayed {
+                error: Some(err),
+                ..Relayed::default()
+            }
+        }
+    }
+}
+
+/// TCP ↔ TCP (passthrough, inbound plaintext).
+pub async fn tcp_to_tcp(mut client: TcpStream, mut upstream: TcpStream) -> Relayed {
+    match copy_bidirectional_with_sizes(&mut client, &mut upstream, BUF, BUF).await {
+        Ok((sent, received)) => Relayed {
+            sent,
+            received,
+            error: None,
+        },
+        Err(err) => {
+            if is_reset(&err) {
+                reset_on_close(&client);
+                reset_on_close(&upstream);
+            }
+            Relayed {
+                error: Some(err),
+                ..Relayed::default()
+            }
+        }
+    }
+}
+
+fn is_reset(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted
+    )
+}

@@ -1,0 +1,81 @@
+//! Sockets ztunnel makes inside pod network namespaces.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+use crate::netns::Netns;
+
+/// On every socket ztunnel opens toward a pod or the network: the pod's
+/// capture rules let marked traffic through instead of redirecting it back.
+pub const ZTUNNEL_MARK: u32 = 0x539;
+
+/// A listener on `0.0.0.0:port` inside `ns`. Capture redirects outbound
+/// traffic to 127.0.0.1 and inbound traffic to the pod IP, so it binds all
+/// addresses. SO_REUSEPORT lets a new ztunnel bind beside an old one.
+pub fn listen(ns: &Netns, port: u16) -> io::Result<TcpListener> {
+    let socket = ns.run(|| {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.bind(&SockAddr::from(SocketAddr::from(([0, 0, 0, 0], port))))?;
+        socket.listen(1024)?;
+        Ok(socket)
+    })?;
+    TcpListener::from_std(socket.into())
+}
+
+/// How an upstream connection is made.
+#[derive(Clone, Copy, Debug)]
+pub struct Upstream {
+    pub dst: SocketAddr,
+    /// Connect from this (non-local) IP, keeping the original client's
+    /// address for the app: needs IP_TRANSPARENT and the pod's mark routing.
+    pub spoof_src: Option<IpAddr>,
+    pub timeout: Duration,
+}
+
+/// Connects from inside `ns`, marked so capture lets it pass.
+pub async fn connect(ns: &Netns, upstream: Upstream) -> io::Result<TcpStream> {
+    let socket = ns.run(|| {
+        let domain = Domain::for_address(upstream.dst);
+        let socket = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
+        socket.set_mark(ZTUNNEL_MARK)?;
+        socket.set_tcp_nodelay(true)?;
+        if let Some(src) = upstream.spoof_src {
+            match src {
+                IpAddr::V4(_) => socket.set_ip_transparent_v4(true)?,
+                IpAddr::V6(_) => socket.set_ip_transparent_v6(true)?,
+            }
+            socket.bind(&SockAddr::from(SocketAddr::new(src, 0)))?;
+        }
+        Ok(socket)
+    })?;
+    let socket = TcpSocket::from_std_stream(socket.into());
+    match tokio::time::timeout(upstream.timeout, socket.connect(upstream.dst)).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("connect to {} timed out", upstream.dst),
+        )),
+    }
+}
+
+/// The destination a redirected connection was addressed to.
+pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
+    let sock = SockRef::from(stream);
+    let addr = match stream.local_addr()? {
+        SocketAddr::V4(_) => sock.original_dst_v4()?,
+        SocketAddr::V6(_) => sock.original_dst_v6()?,
+    };
+    addr.as_socket()
+        .ok_or_else(|| io::Error::other("original destination is not an IP address"))
+}
+
+/// Makes the next close send RST instead of FIN, so a reset travels on.
+pub fn reset_on_close(stream: &TcpStream) {
+    let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
