@@ -6,3 +6,4 @@
 
 pub mod bench;
 pub mod fixtures;
+pub mod harness;

@@ -1,0 +1,179 @@
+//! The YAML config both ztunnel and the node agent read: workloads and
+//! services of the mesh, camelCase keys.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result};
+
+use super::topology::{Pod, Service};
+
+/// Renders the config for `pods` and `services`.
+pub fn render(pods: &[Pod], services: &[Service]) -> String {
+    let mut out = String::new();
+    if pods.is_empty() {
+        out.push_str("workloads: []\n");
+    } else {
+        out.push_str("workloads:\n");
+    }
+    for pod in pods {
+        let labels: Vec<String> = pod
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{}: {}", scalar(k), scalar(v)))
+            .collect();
+        // writeln! into a String cannot fail.
+        let _ = writeln!(out, "  - uid: {}", scalar(&pod.uid));
+        let _ = writeln!(out, "    name: {}", scalar(&pod.name));
+        let _ = writeln!(out, "    namespace: {}", scalar(&pod.namespace));
+        let _ = writeln!(out, "    serviceAccount: {}", scalar(&pod.service_account));
+        let _ = writeln!(out, "    node: {}", scalar(&pod.node_name));
+        let _ = writeln!(out, "    ips: [{}]", pod.ip);
+        let _ = writeln!(out, "    labels: {{{}}}", labels.join(", "));
+        let _ = writeln!(
+            out,
+            "    protocol: {}",
+            if pod.mesh { "HBONE" } else { "TCP" }
+        );
+        let _ = writeln!(out, "    netns: {}", scalar(&pod.netns));
+    }
+    if services.is_empty() {
+        out.push_str("services: []\n");
+    } else {
+        out.push_str("services:\n");
+    }
+    for svc in services {
+        let vips: Vec<String> = svc.vips.iter().map(|v| v.to_string()).collect();
+        let ports: Vec<String> = svc
+            .ports
+            .iter()
+            .map(|(port, target)| format!("{{port: {port}, targetPort: {target}}}"))
+            .collect();
+        let endpoints: Vec<String> = svc.endpoints.iter().map(|e| scalar(e)).collect();
+        let _ = writeln!(out, "  - name: {}", scalar(&svc.name));
+        let _ = writeln!(out, "    namespace: {}", scalar(&svc.namespace));
+        let _ = writeln!(out, "    hostname: {}", scalar(&svc.hostname));
+        let _ = writeln!(out, "    vips: [{}]", vips.join(", "));
+        let _ = writeln!(out, "    ports: [{}]", ports.join(", "));
+        let _ = writeln!(out, "    endpoints: [{}]", endpoints.join(", "));
+    }
+    out
+}
+
+/// A YAML string: plain when that cannot be misread (as a number, bool,
+/// null or flow syntax), otherwise double-quoted (JSON strings are YAML).
+fn scalar(s: &str) -> String {
+    let plain_chars = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-'))
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric());
+    let reserved = matches!(
+        s.to_ascii_lowercase().as_str(),
+        "y" | "n" | "yes" | "no" | "on" | "off" | "true" | "false" | "null"
+    );
+    // YAML 1.1 also reads forms like 0x1F or 1_000 as numbers, so anything
+    // starting with a digit is quoted, except dotted quads (IP addresses).
+    let numeric = s.parse::<f64>().is_ok()
+        || (s.starts_with(|c: char| c.is_ascii_digit()) && s.matches('.').count() < 3);
+    if plain_chars && !reserved && !numeric {
+        s.to_string()
+    } else {
+        serde_json::Value::String(s.to_string()).to_string()
+    }
+}
+
+/// Replaces `path` with `text` atomically (temp file in the same directory,
+/// then rename): the daemons watch the file and must never read half of it.
+pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let dir = path.parent().context("config path has no directory")?;
+    let name = path.file_name().context("config path has no file name")?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    #[test]
+    fn scalars_quote_only_when_needed() {
+        assert_eq!(scalar("default/client"), "default/client");
+        assert_eq!(scalar("amt12x0-client"), "amt12x0-client");
+        assert_eq!(
+            scalar("echo.default.svc.cluster.local"),
+            "echo.default.svc.cluster.local"
+        );
+        assert_eq!(scalar("true"), "\"true\"");
+        assert_eq!(scalar("123"), "\"123\"");
+        assert_eq!(scalar("1.5"), "\"1.5\"");
+        assert_eq!(scalar("a b"), "\"a b\"");
+        assert_eq!(scalar(""), "\"\"");
+        assert_eq!(scalar("x: {y}"), "\"x: {y}\"");
+    }
+
+    #[test]
+    fn renders_the_documented_format() {
+        let pod = Pod {
+            name: "client".into(),
+            namespace: "default".into(),
+            uid: "default/client".into(),
+            service_account: "client".into(),
+            labels: [("app".to_string(), "client".to_string())].into(),
+            node: 0,
+            node_name: "node-0".into(),
+            ip: Ipv4Addr::new(10, 244, 0, 2),
+            netns: "amt123x0-client".into(),
+            mesh: true,
+            index: 0,
+        };
+        let svc = Service {
+            name: "echo".into(),
+            namespace: "default".into(),
+            hostname: "echo.default.svc.cluster.local".into(),
+            vips: vec![Ipv4Addr::new(10, 96, 0, 10)],
+            ports: vec![(80, 8080)],
+            endpoints: vec!["default/echo-0".into(), "default/echo-1".into()],
+        };
+        let expected = "\
+workloads:
+  - uid: default/client
+    name: client
+    namespace: default
+    serviceAccount: client
+    node: node-0
+    ips: [10.244.0.2]
+    labels: {app: client}
+    protocol: HBONE
+    netns: amt123x0-client
+services:
+  - name: echo
+    namespace: default
+    hostname: echo.default.svc.cluster.local
+    vips: [10.96.0.10]
+    ports: [{port: 80, targetPort: 8080}]
+    endpoints: [default/echo-0, default/echo-1]
+";
+        assert_eq!(render(&[pod], &[svc]), expected);
+        assert_eq!(render(&[], &[]), "workloads: []\nservices: []\n");
+    }
+
+    #[test]
+    fn atomic_write_replaces_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mesh.yaml");
+        write_atomic(&path, "a: 1\n").unwrap();
+        write_atomic(&path, "b: 2\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "b: 2\n");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temp files left behind");
+    }
+}
