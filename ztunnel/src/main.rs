@@ -13,7 +13,7 @@ mod proxy;
 mod relay;
 mod route;
 mod socket;
-// mod zds_client;
+mod zds_client;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -69,7 +69,10 @@ fn main() -> anyhow::Result<()> {
     if let Some(n) = args.worker_threads {
         runtime.worker_threads(n);
     }
-    let runtime = runtime.enable_all().build().context("starting the runtime")?;
+    let runtime = runtime
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     runtime.block_on(run(args))
 }
 
@@ -110,7 +113,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let registry = Arc::new(pod::PodRegistry::new(proxy));
     info!(node = %args.node, config = %args.config.display(), zds = %args.zds_socket.display(), "ztunnel started");
 
-    let zds = std::future::pending::<()>();
+    let zds = zds_client::run(&args.zds_socket, registry.clone());
     tokio::select! {
         _ = zds => {}
         _ = shutdown_signal() => {}

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use amesh_core::hbone::{HboneRequest, Dialer, DialFuture};
+use amesh_core::hbone::{DialFuture, Dialer, HboneRequest};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 
@@ -38,7 +38,13 @@ async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, stream: TcpStream, peer: Socke
     }
     let decision = route(&proxy.snapshot(), dst, proxy.settings.ports.inbound);
     match decision {
-        Route::Hbone { hbone_addr, target, expected, service, via_waypoint } => {
+        Route::Hbone {
+            hbone_addr,
+            target,
+            expected,
+            service,
+            via_waypoint,
+        } => {
             let source = match proxy.certs.get(&pod.identity).await {
                 Ok(cert) => cert,
                 Err(err) => {
@@ -53,12 +59,24 @@ async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, stream: TcpStream, peer: Socke
                 hbone_addr,
                 expected: expected.clone(),
                 target,
-                dialer: Some(Arc::new(PodDialer { pod: pod.clone(), proxy: proxy.clone() })),
+                dialer: Some(Arc::new(PodDialer {
+                    pod: pod.clone(),
+                    proxy: proxy.clone(),
+                })),
             };
             match proxy.pool.connect(request).await {
                 Ok(tunnel) => {
                     let relayed = relay::tcp_to_tunnel(stream, tunnel).await;
-                    log_outbound(&pod, peer, target, Some(&expected), service.as_deref(), via_waypoint, start, &relayed);
+                    log_outbound(
+                        &pod,
+                        peer,
+                        target,
+                        Some(&expected),
+                        service.as_deref(),
+                        via_waypoint,
+                        start,
+                        &relayed,
+                    );
                 }
                 Err(err) => {
                     socket::reset_on_close(&stream);
@@ -70,12 +88,28 @@ async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, stream: TcpStream, peer: Socke
                 }
             }
         }
-        Route::Passthrough { dst: target, service } => {
-            let upstream = Upstream { dst: target, spoof_src: None, timeout: proxy.settings.connect_timeout };
+        Route::Passthrough {
+            dst: target,
+            service,
+        } => {
+            let upstream = Upstream {
+                dst: target,
+                spoof_src: None,
+                timeout: proxy.settings.connect_timeout,
+            };
             match socket::connect(&pod.netns, upstream).await {
                 Ok(upstream) => {
                     let relayed = relay::tcp_to_tcp(stream, upstream).await;
-                    log_outbound(&pod, peer, target, None, service.as_deref(), false, start, &relayed);
+                    log_outbound(
+                        &pod,
+                        peer,
+                        target,
+                        None,
+                        service.as_deref(),
+                        false,
+                        start,
+                        &relayed,
+                    );
                 }
                 Err(err) => {
                     socket::reset_on_close(&stream);
@@ -132,7 +166,11 @@ impl Dialer for PodDialer {
     fn dial(&self, dst: SocketAddr) -> DialFuture<'_> {
         Box::pin(socket::connect(
             &self.pod.netns,
-            Upstream { dst, spoof_src: None, timeout: self.proxy.settings.connect_timeout },
+            Upstream {
+                dst,
+                spoof_src: None,
+                timeout: self.proxy.settings.connect_timeout,
+            },
         ))
     }
 }

@@ -36,7 +36,9 @@ async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, stream: TcpStream, peer: Socke
             return;
         }
     };
-    if proxy.settings.ports.is_ztunnel_port(target.port()) || !pod.owns_ip(&proxy, target.ip(), arrived_on) {
+    if proxy.settings.ports.is_ztunnel_port(target.port())
+        || !pod.owns_ip(&proxy, target.ip(), arrived_on)
+    {
         warn!(pod = %pod.name(), src.addr = %peer, dst.addr = %target, "plaintext connection to a ztunnel port or another address: closed");
         return;
     }

@@ -110,16 +110,27 @@ impl PodRegistry {
     /// namespace (the node agent re-sends its snapshot) changes nothing.
     pub async fn add(&self, info: PodInfo, netns: std::os::fd::OwnedFd) -> Result<(), AddError> {
         let netns = Netns::new(netns).map_err(AddError::Netns)?;
-        if let Some(existing) = self.lock().get(&info.uid) {
-            if existing.pod.netns.same_namespace(&netns) {
-                return Ok(());
-            }
+        if let Some(existing) = self.lock().get(&info.uid)
+            && existing.pod.netns.same_namespace(&netns)
+        {
+            return Ok(());
         }
         // Same uid, new namespace (the pod was recreated): start over.
         self.remove(&info.uid);
 
         let settings = &self.proxy.settings;
-        let identity = Identity::new(&settings.trust_domain, &info.namespace, &info.service_account)?;
+        if let Some(w) = self.proxy.snapshot().workload_by_uid(&info.uid)
+            && !w.node.is_empty()
+            && w.node != settings.node
+        {
+            warn!(uid = %info.uid, config_node = %w.node, node = %settings.node,
+                "the node agent sent a pod the config places on another node; serving it");
+        }
+        let identity = Identity::new(
+            &settings.trust_domain,
+            &info.namespace,
+            &info.service_account,
+        )?;
         match tokio::time::timeout(CERT_TIMEOUT, self.proxy.certs.get(&identity)).await {
             Ok(Ok(_)) => {}
             Ok(Err(err)) => {
@@ -137,7 +148,8 @@ impl PodRegistry {
         }
 
         let ports = settings.ports;
-        let listen = |port| socket::listen(&netns, port).map_err(|source| AddError::Listen { port, source });
+        let listen =
+            |port| socket::listen(&netns, port).map_err(|source| AddError::Listen { port, source });
         let outbound_listener = listen(ports.outbound)?;
         let plaintext_listener = listen(ports.inbound_plaintext)?;
         let hbone_listener = listen(ports.inbound)?;
@@ -148,8 +160,16 @@ impl PodRegistry {
             netns,
             cancel: CancellationToken::new(),
         });
-        tokio::spawn(outbound::serve(self.proxy.clone(), pod.clone(), outbound_listener));
-        tokio::spawn(plaintext::serve(self.proxy.clone(), pod.clone(), plaintext_listener));
+        tokio::spawn(outbound::serve(
+            self.proxy.clone(),
+            pod.clone(),
+            outbound_listener,
+        ));
+        tokio::spawn(plaintext::serve(
+            self.proxy.clone(),
+            pod.clone(),
+            plaintext_listener,
+        ));
         let tls = ServerConfigBuilder::build(Arc::new(self.proxy.certs.watch(&identity)));
         let handler = Arc::new(InboundHandler::new(self.proxy.clone(), pod.clone()));
         let server = HboneServer::new(ServerConfig::default(), tls, handler);

@@ -41,7 +41,10 @@ pub fn route(snapshot: &ConfigSnapshot, dst: SocketAddr, hbone_port: u16) -> Rou
             ));
         };
         let Some(endpoint) = entry.pick_endpoint() else {
-            return Route::Refuse(format!("service {} has no healthy endpoint", service.hostname));
+            return Route::Refuse(format!(
+                "service {} has no healthy endpoint",
+                service.hostname
+            ));
         };
         return to_workload(endpoint, port.target(), hbone_port, hostname);
     }
@@ -132,7 +135,15 @@ services:
     #[test]
     fn mesh_workload_goes_over_hbone_with_its_identity() {
         let r = route(&snapshot(), addr("10.0.0.3:9000"), 15008);
-        let Route::Hbone { hbone_addr, target, expected, .. } = r else { panic!("{r:?}") };
+        let Route::Hbone {
+            hbone_addr,
+            target,
+            expected,
+            ..
+        } = r
+        else {
+            panic!("{r:?}")
+        };
         assert_eq!(hbone_addr, addr("10.0.0.3:15008"));
         assert_eq!(target, addr("10.0.0.3:9000"));
         assert_eq!(expected.to_string(), "spiffe://cluster.local/ns/d/sa/sa-b");
@@ -144,7 +155,9 @@ services:
         let mut targets = Vec::new();
         for _ in 0..4 {
             match route(&snap, addr("10.96.0.1:80"), 15008) {
-                Route::Hbone { target, service, .. } => {
+                Route::Hbone {
+                    target, service, ..
+                } => {
                     assert_eq!(service.as_deref(), Some("s.d.svc.cluster.local"));
                     targets.push(target);
                 }
@@ -161,11 +174,17 @@ services:
         let snap = snapshot();
         assert_eq!(
             route(&snap, addr("10.0.0.4:80"), 15008),
-            Route::Passthrough { dst: addr("10.0.0.4:80"), service: None }
+            Route::Passthrough {
+                dst: addr("10.0.0.4:80"),
+                service: None
+            }
         );
         assert_eq!(
             route(&snap, addr("192.0.2.1:443"), 15008),
-            Route::Passthrough { dst: addr("192.0.2.1:443"), service: None }
+            Route::Passthrough {
+                dst: addr("192.0.2.1:443"),
+                service: None
+            }
         );
         assert!(matches!(
             route(&snap, addr("10.96.0.2:80"), 15008),
@@ -176,14 +195,29 @@ services:
     #[test]
     fn vip_without_port_or_endpoints_is_refused() {
         let snap = snapshot();
-        assert!(matches!(route(&snap, addr("10.96.0.1:81"), 15008), Route::Refuse(_)));
-        assert!(matches!(route(&snap, addr("10.96.0.3:80"), 15008), Route::Refuse(_)));
+        assert!(matches!(
+            route(&snap, addr("10.96.0.1:81"), 15008),
+            Route::Refuse(_)
+        ));
+        assert!(matches!(
+            route(&snap, addr("10.96.0.3:80"), 15008),
+            Route::Refuse(_)
+        ));
     }
 
     #[test]
     fn workload_with_waypoint_goes_to_the_waypoint() {
         let r = route(&snapshot(), addr("10.0.0.6:80"), 15008);
-        let Route::Hbone { hbone_addr, target, expected, via_waypoint, .. } = r else { panic!("{r:?}") };
+        let Route::Hbone {
+            hbone_addr,
+            target,
+            expected,
+            via_waypoint,
+            ..
+        } = r
+        else {
+            panic!("{r:?}")
+        };
         assert!(via_waypoint);
         assert_eq!(hbone_addr, addr("10.0.0.9:15008"));
         assert_eq!(target, addr("10.0.0.6:80"));

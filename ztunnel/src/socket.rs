@@ -18,7 +18,11 @@ pub const ZTUNNEL_MARK: u32 = 0x539;
 /// addresses. SO_REUSEPORT lets a new ztunnel bind beside an old one.
 pub fn listen(ns: &Netns, port: u16) -> io::Result<TcpListener> {
     let socket = ns.run(|| {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
+        let socket = Socket::new(
+            Domain::IPV4,
+            Type::STREAM.nonblocking(),
+            Some(Protocol::TCP),
+        )?;
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
         socket.bind(&SockAddr::from(SocketAddr::from(([0, 0, 0, 0], port))))?;

@@ -26,7 +26,9 @@ pub async fn run(path: &Path, registry: Arc<PodRegistry>) {
     loop {
         match session(path, &registry, &mut backoff).await {
             Ok(()) => info!("node agent closed the ZDS connection; reconnecting"),
-            Err(err) => warn!(socket = %path.display(), error = %err, "ZDS connection failed; retrying"),
+            Err(err) => {
+                warn!(socket = %path.display(), error = %err, "ZDS connection failed; retrying")
+            }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -39,7 +41,13 @@ async fn session(
     backoff: &mut Duration,
 ) -> Result<(), ZdsError> {
     let conn = ZdsConnection::connect(path).await?;
-    conn.send(&ZdsHello { version: Version::V1 as i32 }, None).await?;
+    conn.send(
+        &ZdsHello {
+            version: Version::V1 as i32,
+        },
+        None,
+    )
+    .await?;
     info!(socket = %path.display(), "connected to the node agent");
     *backoff = MIN_BACKOFF;
     let mut snapshot = HashSet::new();

@@ -6,6 +6,7 @@ pub mod hbone;
 pub mod report;
 pub mod sides;
 pub mod workload;
+pub mod ztunnel;
 
 pub use report::{Figure, Report};
 

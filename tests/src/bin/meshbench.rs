@@ -11,7 +11,7 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(about = "amesh benchmarks: mesh vs. no-mesh baseline, same run")]
 struct Args {
-    /// Scenario to run: hbone, crypto.
+    /// Scenario to run: hbone, crypto, ztunnel.
     scenario: String,
     /// Shorter runs (under a minute), for smoke tests.
     #[arg(long)]
@@ -45,7 +45,8 @@ fn main() -> Result<()> {
     let report = match args.scenario.as_str() {
         "hbone" => bench::hbone::run(scale, args.only.as_deref())?,
         "crypto" => bench::crypto::run(scale)?,
-        other => bail!("unknown scenario {other:?}; available: hbone, crypto"),
+        "ztunnel" => bench::ztunnel::run(scale, args.only.as_deref())?,
+        other => bail!("unknown scenario {other:?}; available: hbone, crypto, ztunnel"),
     };
     if args.json {
         writeln!(out, "{}", report.to_json())?;

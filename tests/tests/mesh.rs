@@ -1,0 +1,364 @@
+//! End to end: ztunnel and the node agent as real processes, pods as network
+//! namespaces, capture by nftables in each pod, HBONE between nodes.
+//!
+//! Needs root (network namespaces, nftables), as CI has. Every test builds
+//! its own mesh; dropping it removes everything, also on failure.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use amesh_tests::harness::{AppSpec, Mesh, MeshBuilder, PodSpec, ServiceSpec, poll_until};
+use rand::{RngCore, SeedableRng};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WHOAMI: u16 = 7000;
+const ECHO: u16 = 7001;
+const HTTP: u16 = 7080;
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+const LOG_TIMEOUT: Duration = Duration::from_secs(10);
+const PROBE_SOURCE: &str = "169.254.7.127";
+
+fn app() -> AppSpec {
+    AppSpec::default().whoami(WHOAMI).echo(ECHO).http(HTTP)
+}
+
+fn identity(sa: &str) -> String {
+    format!("spiffe://cluster.local/ns/default/sa/{sa}")
+}
+
+/// Connects from `pod` to `addr` and reads the app's whoami line.
+async fn whoami(mesh: &Mesh, pod: &str, addr: SocketAddr) -> std::io::Result<String> {
+    let mut stream = mesh.pod(pod).connect(addr).await?;
+    let mut line = String::new();
+    tokio::time::timeout(IO_TIMEOUT, stream.read_to_string(&mut line))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "whoami timed out"))??;
+    Ok(line)
+}
+
+/// The `peer=` IP and `server=` name of a whoami line.
+fn parse_whoami(line: &str) -> (String, String) {
+    let field = |key: &str| {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+            .to_owned()
+    };
+    let peer = field("peer=");
+    let ip = peer.rsplit_once(':').map(|(ip, _)| ip.to_owned()).unwrap_or(peer);
+    (field("server="), ip)
+}
+
+/// Waits until `node`'s ztunnel log has a line containing every needle.
+fn wait_ztunnel_log(mesh: &Mesh, node: usize, needles: &[&str]) {
+    let found = poll_until(LOG_TIMEOUT, format!("ztunnel log line with {needles:?}"), || {
+        Ok(mesh
+            .ztunnel_log(node)
+            .lines()
+            .any(|line| needles.iter().all(|n| line.contains(n))))
+    });
+    if let Err(err) = found {
+        panic!("{err}\n{}", mesh.daemon_logs(node));
+    }
+}
+
+fn pod(name: &str, node: usize) -> PodSpec {
+    PodSpec::new(name, node).service_account(name)
+}
+
+fn start(builder: MeshBuilder, apps: &[&str]) -> Mesh {
+    let mut mesh = builder.build().expect("mesh builds");
+    mesh.start().expect("mesh daemons start");
+    for name in apps {
+        mesh.start_app(name, app()).expect("app starts");
+    }
+    mesh
+}
+
+#[tokio::test]
+async fn pod_to_pod_on_one_node_and_across_nodes_goes_over_hbone() {
+    let mesh = start(
+        MeshBuilder::new()
+            .nodes(2)
+            .pod(pod("client", 0))
+            .pod(pod("near", 0))
+            .pod(pod("far", 1)),
+        &["near", "far"],
+    );
+    let client_ip = mesh.pod("client").ip.to_string();
+    for (target, node) in [("near", 0), ("far", 1)] {
+        let line = whoami(&mesh, "client", mesh.pod(target).addr(WHOAMI))
+            .await
+            .unwrap_or_else(|e| panic!("client -> {target}: {e}\n{}", mesh.daemon_logs(node)));
+        let (server, peer) = parse_whoami(&line);
+        assert_eq!(server, target);
+        assert_eq!(peer, client_ip, "the app sees the client pod's IP");
+        // The destination ztunnel authenticated the client over mutual TLS.
+        let dst = mesh.pod(target).addr(WHOAMI).to_string();
+        wait_ztunnel_log(
+            &mesh,
+            node,
+            &[
+                "direction=\"inbound\"",
+                "protocol=\"HBONE\"",
+                &format!("src.identity={}", identity("client")),
+                &format!("dst.addr={dst}"),
+            ],
+        );
+        // And the source ztunnel tunnelled it, expecting the server's identity.
+        wait_ztunnel_log(
+            &mesh,
+            0,
+            &[
+                "direction=\"outbound\"",
+                "protocol=\"HBONE\"",
+                &format!("dst.identity=\"{}\"", identity(target)),
+            ],
+        );
+    }
+}
+
+#[tokio::test]
+async fn service_vip_spreads_connections_across_endpoints() {
+    let mesh = start(
+        MeshBuilder::new()
+            .nodes(2)
+            .pod(pod("client", 0))
+            .pod(pod("echo-0", 0))
+            .pod(pod("echo-1", 1))
+            .service(
+                ServiceSpec::new("echo")
+                    .vip("10.96.0.10")
+                    .port(80, WHOAMI)
+                    .endpoints(["echo-0", "echo-1"]),
+            ),
+        &["echo-0", "echo-1"],
+    );
+    let vip: SocketAddr = "10.96.0.10:80".parse().unwrap();
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..10 {
+        let line = whoami(&mesh, "client", vip).await.expect("VIP answers");
+        *seen.entry(parse_whoami(&line).0).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 2, "both endpoints served: {seen:?}");
+    assert!(seen.values().all(|n| *n >= 3), "round robin is even: {seen:?}");
+    wait_ztunnel_log(&mesh, 0, &["dst.service=\"echo.default.svc.cluster.local\""]);
+}
+
+#[tokio::test]
+async fn mesh_to_non_mesh_passes_through_and_non_mesh_to_mesh_reaches_the_app() {
+    let mesh = start(
+        MeshBuilder::new()
+            .nodes(2)
+            .pod(pod("client", 0))
+            .pod(pod("meshed", 1))
+            .pod(PodSpec::new("plain", 1).mesh(false)),
+        &["meshed", "plain"],
+    );
+    // Mesh → non-mesh: plain TCP from the client's own IP.
+    let line = whoami(&mesh, "client", mesh.pod("plain").addr(WHOAMI)).await.unwrap();
+    let (server, peer) = parse_whoami(&line);
+    assert_eq!((server.as_str(), peer), ("plain", mesh.pod("client").ip.to_string()));
+    wait_ztunnel_log(&mesh, 0, &["direction=\"outbound\"", "protocol=\"TCP\"", &format!("dst.addr={}", mesh.pod("plain").addr(WHOAMI))]);
+
+    // Non-mesh → mesh: plaintext captured on 15006, delivered with the source IP kept.
+    let line = whoami(&mesh, "plain", mesh.pod("meshed").addr(WHOAMI)).await.unwrap();
+    let (server, peer) = parse_whoami(&line);
+    assert_eq!((server.as_str(), peer), ("meshed", mesh.pod("plain").ip.to_string()));
+    wait_ztunnel_log(&mesh, 1, &["direction=\"inbound\"", "protocol=\"TCP\"", &format!("src.addr={}", mesh.pod("plain").ip)]);
+}
+
+#[tokio::test]
+async fn kubelet_probe_from_the_node_reaches_the_app_uncaptured() {
+    let mut mesh = start(MeshBuilder::new().pod(pod("app", 0)), &["app"]);
+    let addr = mesh.pod("app").addr(WHOAMI);
+    let mut stream = mesh.node(0).connect(addr).await.expect("probe connects");
+    let mut line = String::new();
+    tokio::time::timeout(IO_TIMEOUT, stream.read_to_string(&mut line)).await.unwrap().unwrap();
+    assert_eq!(parse_whoami(&line).1, PROBE_SOURCE, "probes arrive SNATed to {PROBE_SOURCE}");
+    // Uncaptured: it works with ztunnel gone, and ztunnel never saw it.
+    mesh.kill_ztunnel(0).unwrap();
+    mesh.wait_pod_not_listening("app", IO_TIMEOUT).unwrap();
+    let mut stream = mesh.node(0).connect(addr).await.expect("probe connects without ztunnel");
+    let mut line = String::new();
+    tokio::time::timeout(IO_TIMEOUT, stream.read_to_string(&mut line)).await.unwrap().unwrap();
+    assert_eq!(parse_whoami(&line).0, "app");
+    assert!(!mesh.ztunnel_log(0).contains(PROBE_SOURCE), "ztunnel saw a probe");
+}
+
+#[tokio::test]
+async fn hundred_mib_each_way_arrive_intact() {
+    let mesh = start(MeshBuilder::new().nodes(2).pod(pod("client", 0)).pod(pod("server", 1)), &["server"]);
+    const TOTAL: usize = 100 * 1024 * 1024;
+    let stream = mesh.pod("client").connect(mesh.pod("server").addr(ECHO)).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut hash = blake3::Hasher::new();
+        let mut chunk = vec![0u8; 256 * 1024];
+        let mut left = TOTAL;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            rng.fill_bytes(&mut chunk[..n]);
+            hash.update(&chunk[..n]);
+            wr.write_all(&chunk[..n]).await?;
+            left -= n;
+        }
+        wr.shutdown().await?;
+        std::io::Result::Ok(hash.finalize())
+    });
+    let reader = async {
+        let mut hash = blake3::Hasher::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0;
+        loop {
+            let n = rd.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            hash.update(&buf[..n]);
+            total += n;
+        }
+        std::io::Result::Ok((total, hash.finalize()))
+    };
+    let (received, back) = tokio::time::timeout(Duration::from_secs(120), reader).await.expect("echo in time").unwrap();
+    let sent = writer.await.unwrap().unwrap();
+    assert_eq!(received, TOTAL);
+    assert_eq!(sent, back, "echoed bytes match what was sent");
+    wait_ztunnel_log(&mesh, 1, &["direction=\"inbound\"", &format!("bytes_recv={TOTAL}"), &format!("bytes_sent={TOTAL}")]);
+}
+
+/// A connection attempt that must not reach the app: refused, reset, or
+/// closed without the app's greeting.
+async fn assert_no_app(mesh: &Mesh, from: &str, addr: SocketAddr) {
+    if let Ok(line) = whoami(mesh, from, addr).await {
+        assert!(line.is_empty(), "{from} reached the app around ztunnel: {line:?}");
+    }
+}
+
+#[tokio::test]
+async fn ztunnel_restart_never_bypasses_capture_and_recovers_quickly() {
+    let mut mesh = start(
+        MeshBuilder::new()
+            .nodes(2)
+            .pod(pod("client", 0))
+            .pod(pod("server", 1))
+            .pod(PodSpec::new("plain", 1).mesh(false)),
+        &["server", "plain"],
+    );
+    let server = mesh.pod("server").addr(WHOAMI);
+    assert!(whoami(&mesh, "client", server).await.is_ok());
+    for node in [1, 0] {
+        mesh.kill_ztunnel(node).unwrap();
+        for pod in mesh.pods().iter().filter(|p| p.mesh && p.node == node).map(|p| p.name.clone()).collect::<Vec<_>>() {
+            mesh.wait_pod_not_listening(&pod, IO_TIMEOUT).unwrap();
+        }
+        // The gap: meshed and plaintext clients alike get nothing from the app.
+        assert_no_app(&mesh, "client", server).await;
+        assert_no_app(&mesh, "plain", server).await;
+        if node == 0 {
+            // Outbound from the client is captured too: even a non-mesh target is not reached.
+            assert_no_app(&mesh, "client", mesh.pod("plain").addr(WHOAMI)).await;
+        }
+        let restarted = Instant::now();
+        mesh.start_ztunnel(node).unwrap();
+        let mut works = None;
+        for _ in 0..500 {
+            if whoami(&mesh, "client", server).await.is_ok_and(|l| !l.is_empty()) {
+                works = Some(restarted.elapsed());
+                break;
+            }
+            if restarted.elapsed() > Duration::from_secs(10) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let took = works.unwrap_or_else(|| panic!("no recovery after ztunnel restart on node {node}\n{}", mesh.daemon_logs(node)));
+        assert!(took <= Duration::from_secs(2), "recovered after {took:?} (node {node})");
+    }
+}
+
+fn capture_state(mesh: &Mesh, pod: &str) -> String {
+    let p = mesh.pod(pod);
+    let nft = p.run("nft", &["list", "ruleset"]).unwrap();
+    let rules = p.run("ip", &["rule", "list"]).unwrap();
+    let routes = p.run("ip", &["route", "list", "table", "100"]).unwrap();
+    format!(
+        "{}\n{}\n{}",
+        String::from_utf8_lossy(&nft.stdout),
+        String::from_utf8_lossy(&rules.stdout),
+        String::from_utf8_lossy(&routes.stdout)
+    )
+}
+
+#[tokio::test]
+async fn agent_restart_keeps_capture_and_adds_nothing_twice() {
+    let mut mesh = start(MeshBuilder::new().pod(pod("client", 0)).pod(pod("server", 0)), &["server"]);
+    let before = capture_state(&mesh, "server");
+    assert!(before.contains("15006") && before.contains("15001"), "capture installed:\n{before}");
+    mesh.restart_agent(0).unwrap();
+    // ztunnel reconnects and gets the snapshot again.
+    poll_until(LOG_TIMEOUT, "second ZDS snapshot", || {
+        Ok(mesh.ztunnel_log(0).matches("node agent snapshot received").count() >= 2)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", mesh.daemon_logs(0)));
+    assert_eq!(capture_state(&mesh, "server"), before, "capture unchanged by the agent restart");
+    let enrolled = mesh.ztunnel_log(0).matches("pod enrolled").count();
+    assert_eq!(enrolled, 2, "each pod enrolled once:\n{}", mesh.ztunnel_log(0));
+    let line = whoami(&mesh, "client", mesh.pod("server").addr(WHOAMI)).await.unwrap();
+    assert_eq!(parse_whoami(&line).0, "server");
+}
+
+#[tokio::test]
+async fn removed_pod_loses_its_rules_and_listeners() {
+    let mut mesh = start(MeshBuilder::new().pod(pod("client", 0)).pod(pod("leaving", 0)), &["leaving"]);
+    assert!(mesh.pod("leaving").listening_ports().unwrap().contains(&15001));
+    // Out of the mesh (as when its namespace loses the ambient label): the
+    // pod stays, capture and listeners go.
+    mesh.set_mesh("leaving", false).unwrap();
+    mesh.wait_pod_not_listening("leaving", IO_TIMEOUT).unwrap();
+    poll_until(LOG_TIMEOUT, "capture removed", || {
+        let state = capture_state(&mesh, "leaving");
+        Ok(!state.contains("15006") && !state.contains("lookup 100"))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", capture_state(&mesh, "leaving"), mesh.daemon_logs(0)));
+    let ports = mesh.pod("leaving").listening_ports().unwrap();
+    assert!(!ports.contains(&15001) && !ports.contains(&15006), "listeners gone: {ports:?}");
+    wait_ztunnel_log(&mesh, 0, &["pod removed", "default/leaving"]);
+    // Deleted outright: ztunnel forgets it too.
+    mesh.remove_pod("client").unwrap();
+    wait_ztunnel_log(&mesh, 0, &["pod removed", "default/client"]);
+}
+
+#[tokio::test]
+async fn config_changes_apply_live_and_a_malformed_config_is_refused() {
+    let mut mesh = start(MeshBuilder::new().nodes(2).pod(pod("client", 0)).pod(pod("server", 1)), &["server"]);
+    // A valid change applies to new connections without a restart.
+    mesh.add_service(ServiceSpec::new("web").vip("10.96.0.20").port(80, WHOAMI).endpoints(["server"])).unwrap();
+    let vip: SocketAddr = "10.96.0.20:80".parse().unwrap();
+    let mut answered = None;
+    for _ in 0..200 {
+        if let Ok(line) = whoami(&mesh, "client", vip).await
+            && !line.is_empty()
+        {
+            answered = Some(line);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(parse_whoami(&answered.expect("new service reachable")).0, "server");
+
+    // A malformed one is refused with file, line and field; the last good config stays.
+    let good = mesh.render_config();
+    let bad_line = good.lines().position(|l| l.contains("10.244.1.")).expect("server IP line") + 1;
+    let bad = good.replacen("10.244.1.", "10.244.1.999.", 1);
+    mesh.write_config_text(&bad).unwrap();
+    let path = mesh.config_path().display().to_string();
+    for node in [0, 1] {
+        wait_ztunnel_log(&mesh, node, &["config refused", &format!("{path}:{bad_line}:"), "ips[0]"]);
+    }
+    let line = whoami(&mesh, "client", vip).await.expect("old config still serves");
+    assert_eq!(parse_whoami(&line).0, "server");
+}
