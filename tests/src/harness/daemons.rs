@@ -154,15 +154,23 @@ impl Mesh {
         self.daemon_state.get(node)?.agent.as_ref()?.pid()
     }
 
+    /// The node's ztunnel log file (appended across restarts), for tools
+    /// that follow it incrementally rather than re-reading it whole.
+    pub fn ztunnel_log_path(&self, node: usize) -> PathBuf {
+        self.node_dir(node).join(format!("{ZTUNNEL_BIN}.log"))
+    }
+
+    pub fn agent_log_path(&self, node: usize) -> PathBuf {
+        self.node_dir(node).join(format!("{AGENT_BIN}.log"))
+    }
+
     /// Everything the node's ztunnel logged, across restarts.
     pub fn ztunnel_log(&self, node: usize) -> String {
-        std::fs::read_to_string(self.node_dir(node).join(format!("{ZTUNNEL_BIN}.log")))
-            .unwrap_or_default()
+        std::fs::read_to_string(self.ztunnel_log_path(node)).unwrap_or_default()
     }
 
     pub fn agent_log(&self, node: usize) -> String {
-        std::fs::read_to_string(self.node_dir(node).join(format!("{AGENT_BIN}.log")))
-            .unwrap_or_default()
+        std::fs::read_to_string(self.agent_log_path(node)).unwrap_or_default()
     }
 
     /// Waits until ztunnel's HBONE listener is in the pod's netns. Fails early
