@@ -45,7 +45,12 @@ async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, stream: TcpStream, peer: Socke
             service,
             via_waypoint,
         } => {
-            let source = match proxy.certs.get(&pod.identity).await {
+            let cached = pod.cert.current();
+            let source = match cached {
+                Some(cert) => Ok(cert),
+                None => proxy.certs.get(&pod.identity).await,
+            };
+            let source = match source {
                 Ok(cert) => cert,
                 Err(err) => {
                     warn!(pod = %pod.name(), %err, "no certificate: connection reset");

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use amesh_core::Identity;
+use amesh_core::certs::CertWatch;
 use amesh_core::hbone::{DrainSignal, HboneServer, ServerConfig, drain_channel};
 use amesh_core::tls::ServerConfigBuilder;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +35,8 @@ pub struct Pod {
     pub info: PodInfo,
     pub identity: Identity,
     pub netns: Netns,
+    /// The pod's certificate as renewals replace it (no lock per connection).
+    pub cert: CertWatch,
     /// Cancelled when the pod leaves: ends its listeners and connections.
     pub cancel: CancellationToken,
 }
@@ -158,23 +161,22 @@ impl PodRegistry {
             info: info.clone(),
             identity: identity.clone(),
             netns,
+            cert: self.proxy.certs.watch(&identity),
             cancel: CancellationToken::new(),
         });
-        tokio::spawn(outbound::serve(
-            self.proxy.clone(),
-            pod.clone(),
-            outbound_listener,
-        ));
-        tokio::spawn(plaintext::serve(
-            self.proxy.clone(),
-            pod.clone(),
-            plaintext_listener,
-        ));
-        let tls = ServerConfigBuilder::build(Arc::new(self.proxy.certs.watch(&identity)));
+        for listener in outbound_listener {
+            tokio::spawn(outbound::serve(self.proxy.clone(), pod.clone(), listener));
+        }
+        for listener in plaintext_listener {
+            tokio::spawn(plaintext::serve(self.proxy.clone(), pod.clone(), listener));
+        }
+        let tls = ServerConfigBuilder::build(Arc::new(pod.cert.clone()));
         let handler = Arc::new(InboundHandler::new(self.proxy.clone(), pod.clone()));
-        let server = HboneServer::new(ServerConfig::default(), tls, handler);
         let (drain, drain_watch) = drain_channel();
-        tokio::spawn(server.serve(hbone_listener, drain_watch));
+        for listener in hbone_listener {
+            let server = HboneServer::new(ServerConfig::default(), tls.clone(), handler.clone());
+            tokio::spawn(server.serve(listener, drain_watch.clone()));
+        }
 
         info!(pod = %pod.name(), uid = %info.uid, %identity, "pod enrolled: listening on {}, {}, {}",
             ports.outbound, ports.inbound_plaintext, ports.inbound);

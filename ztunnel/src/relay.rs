@@ -5,13 +5,10 @@
 use std::io;
 
 use amesh_core::hbone::H2Stream;
-use tokio::io::copy_bidirectional_with_sizes;
+use tokio::io::copy_bidirectional;
 use tokio::net::TcpStream;
 
 use crate::socket::reset_on_close;
-
-/// Large enough that one read fills an HTTP/2 write chunk.
-const BUF: usize = 64 * 1024;
 
 /// What one proxied connection moved.
 #[derive(Debug, Default)]
@@ -23,30 +20,23 @@ pub struct Relayed {
     pub error: Option<io::Error>,
 }
 
-/// TCP ↔ HBONE tunnel.
+/// TCP ↔ HBONE tunnel, without user-space copies.
 pub async fn tcp_to_tunnel(mut tcp: TcpStream, mut tunnel: H2Stream) -> Relayed {
-    match copy_bidirectional_with_sizes(&mut tcp, &mut tunnel, BUF, BUF).await {
-        Ok((sent, received)) => Relayed {
-            sent,
-            received,
-            error: None,
-        },
-        Err(err) => {
-            if is_reset(&err) {
-                reset_on_close(&tcp);
-                tunnel.reset();
-            }
-            Relayed {
-                error: Some(err),
-                ..Relayed::default()
-            }
-        }
+    let outcome = amesh_core::hbone::relay(&mut tcp, &mut tunnel).await;
+    if outcome.error.as_ref().is_some_and(is_reset) {
+        reset_on_close(&tcp);
+        tunnel.reset();
+    }
+    Relayed {
+        sent: outcome.to_tunnel,
+        received: outcome.from_tunnel,
+        error: outcome.error,
     }
 }
 
 /// TCP ↔ TCP (passthrough, inbound plaintext).
 pub async fn tcp_to_tcp(mut client: TcpStream, mut upstream: TcpStream) -> Relayed {
-    match copy_bidirectional_with_sizes(&mut client, &mut upstream, BUF, BUF).await {
+    match copy_bidirectional(&mut client, &mut upstream).await {
         Ok((sent, received)) => Relayed {
             sent,
             received,

@@ -13,23 +13,44 @@ use crate::netns::Netns;
 /// capture rules let marked traffic through instead of redirecting it back.
 pub const ZTUNNEL_MARK: u32 = 0x539;
 
-/// A listener on `0.0.0.0:port` inside `ns`. Capture redirects outbound
-/// traffic to 127.0.0.1 and inbound traffic to the pod IP, so it binds all
-/// addresses. SO_REUSEPORT lets a new ztunnel bind beside an old one.
-pub fn listen(ns: &Netns, port: u16) -> io::Result<TcpListener> {
-    let socket = ns.run(|| {
-        let socket = Socket::new(
-            Domain::IPV4,
-            Type::STREAM.nonblocking(),
-            Some(Protocol::TCP),
-        )?;
+/// Listeners on `port` inside `ns`: `0.0.0.0`, and `[::]` (IPv6 only) where
+/// the pod has IPv6. Capture redirects outbound traffic to the loopback
+/// address and inbound traffic to the pod IP, so they bind all addresses.
+/// SO_REUSEPORT lets a new ztunnel bind beside an old one.
+pub fn listen(ns: &Netns, port: u16) -> io::Result<Vec<TcpListener>> {
+    let v4 = bind_listener(ns, SocketAddr::from(([0, 0, 0, 0], port)))?;
+    let mut listeners = vec![TcpListener::from_std(v4.into())?];
+    match bind_listener(ns, SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port))) {
+        Ok(v6) => listeners.push(TcpListener::from_std(v6.into())?),
+        // No IPv6 in this pod: IPv4 alone serves it.
+        Err(err) if ipv6_unavailable(&err) => {}
+        Err(err) => return Err(err),
+    }
+    Ok(listeners)
+}
+
+fn bind_listener(ns: &Netns, addr: SocketAddr) -> io::Result<Socket> {
+    ns.run(|| {
+        let domain = Domain::for_address(addr);
+        let socket = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
+        if addr.is_ipv6() {
+            // Separate families: IPv4-mapped addresses would complicate
+            // reading the original destination.
+            socket.set_only_v6(true)?;
+        }
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
-        socket.bind(&SockAddr::from(SocketAddr::from(([0, 0, 0, 0], port))))?;
+        socket.bind(&SockAddr::from(addr))?;
         socket.listen(1024)?;
         Ok(socket)
-    })?;
-    TcpListener::from_std(socket.into())
+    })
+}
+
+fn ipv6_unavailable(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL) | Some(libc::EPROTONOSUPPORT)
+    )
 }
 
 /// How an upstream connection is made.

@@ -10,6 +10,7 @@ mod drain;
 mod error;
 mod headers;
 mod pool;
+mod relay;
 mod server;
 mod stream;
 mod tuning;
@@ -18,6 +19,7 @@ pub use dial::{DefaultDialer, DialFuture, Dialer};
 pub use drain::{DrainSignal, DrainWatch, drain_channel};
 pub use error::HboneError;
 pub use headers::{forwarded_for, parse_forwarded_for, traceparent};
+pub use relay::{RelayOutcome, relay};
 pub use pool::{HbonePool, HboneRequest, PoolConfig, PoolKey, PoolStats};
 pub use server::{
     ConnectHandler, HboneServer, InboundConnect, Rejection, Responder, ServerConfig, ServerStats,
