@@ -691,3 +691,66 @@ async fn mixing_byte_reads_and_chunk_reads_keeps_the_window_open() {
     assert_eq!(total, 3 << 20);
     assert_eq!(hash, sender.await.expect("sender"));
 }
+
+/// A TCP connection whose far end is `relay`ed into the client side of a
+/// tunnel: (the app's end of the TCP connection, the relay task, the
+/// server side of the tunnel).
+async fn relayed() -> (
+    amesh_tests::fixtures::TestServer,
+    tokio::net::TcpStream,
+    tokio::task::JoinHandle<amesh_core::hbone::RelayOutcome>,
+    amesh_core::hbone::H2Stream,
+) {
+    let (server, mut client_side, server_side) = tunnel().await;
+    let listener = tokio::net::TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    let app = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (mut proxied, _) = listener.accept().await.unwrap();
+    let relay =
+        tokio::spawn(async move { amesh_core::hbone::relay(&mut proxied, &mut client_side).await });
+    (server, app, relay, server_side)
+}
+
+#[tokio::test]
+async fn relay_carries_both_directions_and_passes_half_closes_on() {
+    let (_server, mut app, relay, mut far) = relayed().await;
+    let big: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    app.write_all(&big).await.unwrap();
+    app.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    far.read_to_end(&mut got).await.unwrap();
+    assert!(
+        got == big,
+        "tunnel side got {} of {} bytes, intact",
+        got.len(),
+        big.len()
+    );
+    // The other direction still works after the first half-closed.
+    far.write_all(b"world").await.unwrap();
+    far.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    app.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"world");
+    let outcome = tokio::time::timeout(Duration::from_secs(10), relay)
+        .await
+        .expect("relay ends once both sides closed")
+        .unwrap();
+    assert!(outcome.error.is_none(), "{:?}", outcome.error);
+    assert_eq!(
+        (outcome.to_tunnel, outcome.from_tunnel),
+        (big.len() as u64, 5)
+    );
+}
+
+#[tokio::test]
+async fn relay_ends_with_an_error_when_the_tunnel_is_reset() {
+    let (_server, _app, relay, far) = relayed().await;
+    far.reset();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), relay)
+        .await
+        .expect("relay ends on reset")
+        .unwrap();
+    let err = outcome.error.expect("a reset is an error");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+}

@@ -47,18 +47,25 @@ fn parse_whoami(line: &str) -> (String, String) {
             .to_owned()
     };
     let peer = field("peer=");
-    let ip = peer.rsplit_once(':').map(|(ip, _)| ip.to_owned()).unwrap_or(peer);
+    let ip = peer
+        .rsplit_once(':')
+        .map(|(ip, _)| ip.to_owned())
+        .unwrap_or(peer);
     (field("server="), ip)
 }
 
 /// Waits until `node`'s ztunnel log has a line containing every needle.
 fn wait_ztunnel_log(mesh: &Mesh, node: usize, needles: &[&str]) {
-    let found = poll_until(LOG_TIMEOUT, format!("ztunnel log line with {needles:?}"), || {
-        Ok(mesh
-            .ztunnel_log(node)
-            .lines()
-            .any(|line| needles.iter().all(|n| line.contains(n))))
-    });
+    let found = poll_until(
+        LOG_TIMEOUT,
+        format!("ztunnel log line with {needles:?}"),
+        || {
+            Ok(mesh
+                .ztunnel_log(node)
+                .lines()
+                .any(|line| needles.iter().all(|n| line.contains(n))))
+        },
+    );
     if let Err(err) = found {
         panic!("{err}\n{}", mesh.daemon_logs(node));
     }
@@ -143,8 +150,15 @@ async fn service_vip_spreads_connections_across_endpoints() {
         *seen.entry(parse_whoami(&line).0).or_insert(0) += 1;
     }
     assert_eq!(seen.len(), 2, "both endpoints served: {seen:?}");
-    assert!(seen.values().all(|n| *n >= 3), "round robin is even: {seen:?}");
-    wait_ztunnel_log(&mesh, 0, &["dst.service=\"echo.default.svc.cluster.local\""]);
+    assert!(
+        seen.values().all(|n| *n >= 3),
+        "round robin is even: {seen:?}"
+    );
+    wait_ztunnel_log(
+        &mesh,
+        0,
+        &["dst.service=\"echo.default.svc.cluster.local\""],
+    );
 }
 
 #[tokio::test]
@@ -158,16 +172,42 @@ async fn mesh_to_non_mesh_passes_through_and_non_mesh_to_mesh_reaches_the_app() 
         &["meshed", "plain"],
     );
     // Mesh → non-mesh: plain TCP from the client's own IP.
-    let line = whoami(&mesh, "client", mesh.pod("plain").addr(WHOAMI)).await.unwrap();
+    let line = whoami(&mesh, "client", mesh.pod("plain").addr(WHOAMI))
+        .await
+        .unwrap();
     let (server, peer) = parse_whoami(&line);
-    assert_eq!((server.as_str(), peer), ("plain", mesh.pod("client").ip.to_string()));
-    wait_ztunnel_log(&mesh, 0, &["direction=\"outbound\"", "protocol=\"TCP\"", &format!("dst.addr={}", mesh.pod("plain").addr(WHOAMI))]);
+    assert_eq!(
+        (server.as_str(), peer),
+        ("plain", mesh.pod("client").ip.to_string())
+    );
+    wait_ztunnel_log(
+        &mesh,
+        0,
+        &[
+            "direction=\"outbound\"",
+            "protocol=\"TCP\"",
+            &format!("dst.addr={}", mesh.pod("plain").addr(WHOAMI)),
+        ],
+    );
 
     // Non-mesh → mesh: plaintext captured on 15006, delivered with the source IP kept.
-    let line = whoami(&mesh, "plain", mesh.pod("meshed").addr(WHOAMI)).await.unwrap();
+    let line = whoami(&mesh, "plain", mesh.pod("meshed").addr(WHOAMI))
+        .await
+        .unwrap();
     let (server, peer) = parse_whoami(&line);
-    assert_eq!((server.as_str(), peer), ("meshed", mesh.pod("plain").ip.to_string()));
-    wait_ztunnel_log(&mesh, 1, &["direction=\"inbound\"", "protocol=\"TCP\"", &format!("src.addr={}", mesh.pod("plain").ip)]);
+    assert_eq!(
+        (server.as_str(), peer),
+        ("meshed", mesh.pod("plain").ip.to_string())
+    );
+    wait_ztunnel_log(
+        &mesh,
+        1,
+        &[
+            "direction=\"inbound\"",
+            "protocol=\"TCP\"",
+            &format!("src.addr={}", mesh.pod("plain").ip),
+        ],
+    );
 }
 
 #[tokio::test]
@@ -176,23 +216,50 @@ async fn kubelet_probe_from_the_node_reaches_the_app_uncaptured() {
     let addr = mesh.pod("app").addr(WHOAMI);
     let mut stream = mesh.node(0).connect(addr).await.expect("probe connects");
     let mut line = String::new();
-    tokio::time::timeout(IO_TIMEOUT, stream.read_to_string(&mut line)).await.unwrap().unwrap();
-    assert_eq!(parse_whoami(&line).1, PROBE_SOURCE, "probes arrive SNATed to {PROBE_SOURCE}");
+    tokio::time::timeout(IO_TIMEOUT, stream.read_to_string(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        parse_whoami(&line).1,
+        PROBE_SOURCE,
+        "probes arrive SNATed to {PROBE_SOURCE}"
+    );
     // Uncaptured: it works with ztunnel gone, and ztunnel never saw it.
     mesh.kill_ztunnel(0).unwrap();
     mesh.wait_pod_not_listening("app", IO_TIMEOUT).unwrap();
-    let mut stream = mesh.node(0).connect(addr).await.expect("probe connects without ztunnel");
+    let mut stream = mesh
+        .node(0)
+        .connect(addr)
+        .await
+        .expect("probe connects without ztunnel");
     let mut line = String::new();
-    tokio::time::timeout(IO_TIMEOUT, stream.read_to_string(&mut line)).await.unwrap().unwrap();
+    tokio::time::timeout(IO_TIMEOUT, stream.read_to_string(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(parse_whoami(&line).0, "app");
-    assert!(!mesh.ztunnel_log(0).contains(PROBE_SOURCE), "ztunnel saw a probe");
+    assert!(
+        !mesh.ztunnel_log(0).contains(PROBE_SOURCE),
+        "ztunnel saw a probe"
+    );
 }
 
 #[tokio::test]
 async fn hundred_mib_each_way_arrive_intact() {
-    let mesh = start(MeshBuilder::new().nodes(2).pod(pod("client", 0)).pod(pod("server", 1)), &["server"]);
+    let mesh = start(
+        MeshBuilder::new()
+            .nodes(2)
+            .pod(pod("client", 0))
+            .pod(pod("server", 1)),
+        &["server"],
+    );
     const TOTAL: usize = 100 * 1024 * 1024;
-    let stream = mesh.pod("client").connect(mesh.pod("server").addr(ECHO)).await.unwrap();
+    let stream = mesh
+        .pod("client")
+        .connect(mesh.pod("server").addr(ECHO))
+        .await
+        .unwrap();
     let (mut rd, mut wr) = stream.into_split();
     let writer = tokio::spawn(async move {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -223,18 +290,32 @@ async fn hundred_mib_each_way_arrive_intact() {
         }
         std::io::Result::Ok((total, hash.finalize()))
     };
-    let (received, back) = tokio::time::timeout(Duration::from_secs(120), reader).await.expect("echo in time").unwrap();
+    let (received, back) = tokio::time::timeout(Duration::from_secs(120), reader)
+        .await
+        .expect("echo in time")
+        .unwrap();
     let sent = writer.await.unwrap().unwrap();
     assert_eq!(received, TOTAL);
     assert_eq!(sent, back, "echoed bytes match what was sent");
-    wait_ztunnel_log(&mesh, 1, &["direction=\"inbound\"", &format!("bytes_recv={TOTAL}"), &format!("bytes_sent={TOTAL}")]);
+    wait_ztunnel_log(
+        &mesh,
+        1,
+        &[
+            "direction=\"inbound\"",
+            &format!("bytes_recv={TOTAL}"),
+            &format!("bytes_sent={TOTAL}"),
+        ],
+    );
 }
 
 /// A connection attempt that must not reach the app: refused, reset, or
 /// closed without the app's greeting.
 async fn assert_no_app(mesh: &Mesh, from: &str, addr: SocketAddr) {
     if let Ok(line) = whoami(mesh, from, addr).await {
-        assert!(line.is_empty(), "{from} reached the app around ztunnel: {line:?}");
+        assert!(
+            line.is_empty(),
+            "{from} reached the app around ztunnel: {line:?}"
+        );
     }
 }
 
@@ -252,7 +333,13 @@ async fn ztunnel_restart_never_bypasses_capture_and_recovers_quickly() {
     assert!(whoami(&mesh, "client", server).await.is_ok());
     for node in [1, 0] {
         mesh.kill_ztunnel(node).unwrap();
-        for pod in mesh.pods().iter().filter(|p| p.mesh && p.node == node).map(|p| p.name.clone()).collect::<Vec<_>>() {
+        for pod in mesh
+            .pods()
+            .iter()
+            .filter(|p| p.mesh && p.node == node)
+            .map(|p| p.name.clone())
+            .collect::<Vec<_>>()
+        {
             mesh.wait_pod_not_listening(&pod, IO_TIMEOUT).unwrap();
         }
         // The gap: meshed and plaintext clients alike get nothing from the app.
@@ -268,7 +355,10 @@ async fn ztunnel_restart_never_bypasses_capture_and_recovers_quickly() {
         mesh.start_ztunnel(node).unwrap();
         let mut works = None;
         for _ in 0..500 {
-            if whoami(&mesh, "client", server).await.is_ok_and(|l| !l.is_empty()) {
+            if whoami(&mesh, "client", server)
+                .await
+                .is_ok_and(|l| !l.is_empty())
+            {
                 works = Some(restarted.elapsed());
                 break;
             }
@@ -277,8 +367,16 @@ async fn ztunnel_restart_never_bypasses_capture_and_recovers_quickly() {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let took = works.unwrap_or_else(|| panic!("no recovery after ztunnel restart on node {node}\n{}", mesh.daemon_logs(node)));
-        assert!(took <= Duration::from_secs(2), "recovered after {took:?} (node {node})");
+        let took = works.unwrap_or_else(|| {
+            panic!(
+                "no recovery after ztunnel restart on node {node}\n{}",
+                mesh.daemon_logs(node)
+            )
+        });
+        assert!(
+            took <= Duration::from_secs(2),
+            "recovered after {took:?} (node {node})"
+        );
     }
 }
 
@@ -297,26 +395,59 @@ fn capture_state(mesh: &Mesh, pod: &str) -> String {
 
 #[tokio::test]
 async fn agent_restart_keeps_capture_and_adds_nothing_twice() {
-    let mut mesh = start(MeshBuilder::new().pod(pod("client", 0)).pod(pod("server", 0)), &["server"]);
+    let mut mesh = start(
+        MeshBuilder::new()
+            .pod(pod("client", 0))
+            .pod(pod("server", 0)),
+        &["server"],
+    );
     let before = capture_state(&mesh, "server");
-    assert!(before.contains("15006") && before.contains("15001"), "capture installed:\n{before}");
+    assert!(
+        before.contains("15006") && before.contains("15001"),
+        "capture installed:\n{before}"
+    );
     mesh.restart_agent(0).unwrap();
     // ztunnel reconnects and gets the snapshot again.
     poll_until(LOG_TIMEOUT, "second ZDS snapshot", || {
-        Ok(mesh.ztunnel_log(0).matches("node agent snapshot received").count() >= 2)
+        Ok(mesh
+            .ztunnel_log(0)
+            .matches("node agent snapshot received")
+            .count()
+            >= 2)
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", mesh.daemon_logs(0)));
-    assert_eq!(capture_state(&mesh, "server"), before, "capture unchanged by the agent restart");
+    assert_eq!(
+        capture_state(&mesh, "server"),
+        before,
+        "capture unchanged by the agent restart"
+    );
     let enrolled = mesh.ztunnel_log(0).matches("pod enrolled").count();
-    assert_eq!(enrolled, 2, "each pod enrolled once:\n{}", mesh.ztunnel_log(0));
-    let line = whoami(&mesh, "client", mesh.pod("server").addr(WHOAMI)).await.unwrap();
+    assert_eq!(
+        enrolled,
+        2,
+        "each pod enrolled once:\n{}",
+        mesh.ztunnel_log(0)
+    );
+    let line = whoami(&mesh, "client", mesh.pod("server").addr(WHOAMI))
+        .await
+        .unwrap();
     assert_eq!(parse_whoami(&line).0, "server");
 }
 
 #[tokio::test]
 async fn removed_pod_loses_its_rules_and_listeners() {
-    let mut mesh = start(MeshBuilder::new().pod(pod("client", 0)).pod(pod("leaving", 0)), &["leaving"]);
-    assert!(mesh.pod("leaving").listening_ports().unwrap().contains(&15001));
+    let mut mesh = start(
+        MeshBuilder::new()
+            .pod(pod("client", 0))
+            .pod(pod("leaving", 0)),
+        &["leaving"],
+    );
+    assert!(
+        mesh.pod("leaving")
+            .listening_ports()
+            .unwrap()
+            .contains(&15001)
+    );
     // Out of the mesh (as when its namespace loses the ambient label): the
     // pod stays, capture and listeners go.
     mesh.set_mesh("leaving", false).unwrap();
@@ -325,9 +456,18 @@ async fn removed_pod_loses_its_rules_and_listeners() {
         let state = capture_state(&mesh, "leaving");
         Ok(!state.contains("15006") && !state.contains("lookup 100"))
     })
-    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", capture_state(&mesh, "leaving"), mesh.daemon_logs(0)));
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}\n{}",
+            capture_state(&mesh, "leaving"),
+            mesh.daemon_logs(0)
+        )
+    });
     let ports = mesh.pod("leaving").listening_ports().unwrap();
-    assert!(!ports.contains(&15001) && !ports.contains(&15006), "listeners gone: {ports:?}");
+    assert!(
+        !ports.contains(&15001) && !ports.contains(&15006),
+        "listeners gone: {ports:?}"
+    );
     wait_ztunnel_log(&mesh, 0, &["pod removed", "default/leaving"]);
     // Deleted outright: ztunnel forgets it too.
     mesh.remove_pod("client").unwrap();
@@ -336,9 +476,21 @@ async fn removed_pod_loses_its_rules_and_listeners() {
 
 #[tokio::test]
 async fn config_changes_apply_live_and_a_malformed_config_is_refused() {
-    let mut mesh = start(MeshBuilder::new().nodes(2).pod(pod("client", 0)).pod(pod("server", 1)), &["server"]);
+    let mut mesh = start(
+        MeshBuilder::new()
+            .nodes(2)
+            .pod(pod("client", 0))
+            .pod(pod("server", 1)),
+        &["server"],
+    );
     // A valid change applies to new connections without a restart.
-    mesh.add_service(ServiceSpec::new("web").vip("10.96.0.20").port(80, WHOAMI).endpoints(["server"])).unwrap();
+    mesh.add_service(
+        ServiceSpec::new("web")
+            .vip("10.96.0.20")
+            .port(80, WHOAMI)
+            .endpoints(["server"]),
+    )
+    .unwrap();
     let vip: SocketAddr = "10.96.0.20:80".parse().unwrap();
     let mut answered = None;
     for _ in 0..200 {
@@ -350,17 +502,30 @@ async fn config_changes_apply_live_and_a_malformed_config_is_refused() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(parse_whoami(&answered.expect("new service reachable")).0, "server");
+    assert_eq!(
+        parse_whoami(&answered.expect("new service reachable")).0,
+        "server"
+    );
 
     // A malformed one is refused with file, line and field; the last good config stays.
     let good = mesh.render_config();
-    let bad_line = good.lines().position(|l| l.contains("10.244.1.")).expect("server IP line") + 1;
+    let bad_line = good
+        .lines()
+        .position(|l| l.contains("10.244.1."))
+        .expect("server IP line")
+        + 1;
     let bad = good.replacen("10.244.1.", "10.244.1.999.", 1);
     mesh.write_config_text(&bad).unwrap();
     let path = mesh.config_path().display().to_string();
     for node in [0, 1] {
-        wait_ztunnel_log(&mesh, node, &["config refused", &format!("{path}:{bad_line}:"), "ips[0]"]);
+        wait_ztunnel_log(
+            &mesh,
+            node,
+            &["config refused", &format!("{path}:{bad_line}:"), "ips[0]"],
+        );
     }
-    let line = whoami(&mesh, "client", vip).await.expect("old config still serves");
+    let line = whoami(&mesh, "client", vip)
+        .await
+        .expect("old config still serves");
     assert_eq!(parse_whoami(&line).0, "server");
 }

@@ -20,7 +20,10 @@ pub const ZTUNNEL_MARK: u32 = 0x539;
 pub fn listen(ns: &Netns, port: u16) -> io::Result<Vec<TcpListener>> {
     let v4 = bind_listener(ns, SocketAddr::from(([0, 0, 0, 0], port)))?;
     let mut listeners = vec![TcpListener::from_std(v4.into())?];
-    match bind_listener(ns, SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port))) {
+    match bind_listener(
+        ns,
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+    ) {
         Ok(v6) => listeners.push(TcpListener::from_std(v6.into())?),
         // No IPv6 in this pod: IPv4 alone serves it.
         Err(err) if ipv6_unavailable(&err) => {}

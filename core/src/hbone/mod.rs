@@ -19,8 +19,8 @@ pub use dial::{DefaultDialer, DialFuture, Dialer};
 pub use drain::{DrainSignal, DrainWatch, drain_channel};
 pub use error::HboneError;
 pub use headers::{forwarded_for, parse_forwarded_for, traceparent};
-pub use relay::{RelayOutcome, relay};
 pub use pool::{HbonePool, HboneRequest, PoolConfig, PoolKey, PoolStats};
+pub use relay::{RelayOutcome, relay};
 pub use server::{
     ConnectHandler, HboneServer, InboundConnect, Rejection, Responder, ServerConfig, ServerStats,
 };

@@ -104,7 +104,11 @@ impl Up {
                 continue;
             }
             // A read that filled its buffer suggests a bulk transfer.
-            self.next_read = if n >= want { (want * 2).min(MAX_READ) } else { want };
+            self.next_read = if n >= want {
+                (want * 2).min(MAX_READ)
+            } else {
+                want
+            };
             self.bytes += n as u64;
             self.pending = self.buf.split().freeze();
         }

@@ -84,6 +84,11 @@ fn build_mesh() -> Result<Mesh> {
         // Access logs at info cost the mesh a little per connection, as
         // Istio's do; they stay on, as a user would run it.
         .daemon_env("RUST_LOG", "info");
+    if let Ok(extra) = std::env::var("MESHBENCH_ZTUNNEL_ARGS") {
+        for arg in extra.split_whitespace() {
+            builder = builder.ztunnel_arg(arg);
+        }
+    }
     for i in 1..ENROLLED_PODS {
         builder = builder.pod(PodSpec::new(format!("idle-{i}"), 0).service_account("idle"));
     }
@@ -192,7 +197,9 @@ pub fn run(scale: Scale, only: Option<&str>) -> Result<Report> {
             echo: mesh.pod(server).addr(ECHO_PORT),
         })
     };
-    let meshed = path("client", "server")?;
+    let pair = std::env::var("MESHBENCH_PAIR").unwrap_or_else(|_| "client,server".into());
+    let (pc, ps) = pair.split_once(",").unwrap_or(("client", "server"));
+    let meshed = path(pc, ps)?;
     let plain = path("client-plain", "server-plain")?;
     let runs = scale.runs();
 
