@@ -13,6 +13,7 @@ mod proxy;
 mod relay;
 mod route;
 mod socket;
+mod workers;
 mod zds_client;
 
 use std::path::PathBuf;
@@ -21,7 +22,6 @@ use std::time::Duration;
 
 use amesh_core::certs::{CertStore, CertStoreConfig, LocalCa};
 use amesh_core::config::{ConfigWatcher, WatchConfig};
-use amesh_core::hbone::{HbonePool, PoolConfig};
 use anyhow::Context;
 use clap::Parser;
 use tracing::info;
@@ -52,9 +52,9 @@ struct Args {
     /// Bound on connecting to apps and passthrough destinations, in ms.
     #[arg(long, default_value_t = 10_000)]
     connect_timeout_ms: u64,
-    /// Tokio worker threads (default: one per core).
-    #[arg(long)]
-    worker_threads: Option<usize>,
+    /// Worker threads, each serving its share of every pod's connections.
+    #[arg(long, default_value_t = 2)]
+    worker_threads: usize,
     /// Log lines as JSON instead of text.
     #[arg(long)]
     log_json: bool,
@@ -65,15 +65,13 @@ fn main() -> anyhow::Result<()> {
     init_logging(args.log_json);
     // Before any thread exists: every later thread starts in this namespace.
     netns::init_home().context("reading ztunnel's own network namespace")?;
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.worker_threads {
-        runtime.worker_threads(n);
-    }
-    let runtime = runtime
+    let workers = workers::Workers::start(args.worker_threads).context("starting workers")?;
+    // The control side (ZDS, config, certificates) runs on this thread.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(run(args))
+    runtime.block_on(run(args, &workers))
 }
 
 fn init_logging(json: bool) {
@@ -90,7 +88,7 @@ fn init_logging(json: bool) {
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(args: Args, workers: &workers::Workers) -> anyhow::Result<()> {
     let watcher = ConfigWatcher::start(WatchConfig::new(&args.config, &args.trust_domain))
         .map_err(|err| anyhow::anyhow!("invalid config: {err}"))?;
     let ca = LocalCa::load_or_create(&args.ca_dir, &args.trust_domain)
@@ -109,9 +107,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         },
         config: watcher.subscribe(),
         certs,
-        pool: HbonePool::new(PoolConfig::default()),
     });
-    let registry = Arc::new(pod::PodRegistry::new(proxy));
+    let registry = Arc::new(pod::PodRegistry::new(
+        proxy,
+        workers.iter().cloned().collect(),
+    ));
     info!(node = %args.node, config = %args.config.display(), zds = %args.zds_socket.display(), "ztunnel started");
 
     let zds = zds_client::run(&args.zds_socket, registry.clone());

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use amesh_core::hbone::{DialFuture, Dialer, HboneRequest};
+use amesh_core::hbone::{DialFuture, Dialer, HbonePool, HboneRequest};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 
@@ -15,15 +15,21 @@ use crate::relay::{self, Relayed};
 use crate::route::{Route, route};
 use crate::socket::{self, Upstream};
 
-pub async fn serve(proxy: Arc<Proxy>, pod: Arc<Pod>, listener: TcpListener) {
+pub async fn serve(proxy: Arc<Proxy>, pod: Arc<Pod>, listener: TcpListener, pool: HbonePool) {
     let cancel = pod.cancel.clone();
     accept_loop(listener, cancel, |stream, peer| {
-        handle(proxy.clone(), pod.clone(), stream, peer)
+        handle(proxy.clone(), pod.clone(), pool.clone(), stream, peer)
     })
     .await;
 }
 
-async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, stream: TcpStream, peer: SocketAddr) {
+async fn handle(
+    proxy: Arc<Proxy>,
+    pod: Arc<Pod>,
+    pool: HbonePool,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
     let start = Instant::now();
     let dst = match socket::original_dst(&stream) {
         Ok(dst) => dst,
@@ -69,7 +75,7 @@ async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, stream: TcpStream, peer: Socke
                     proxy: proxy.clone(),
                 })),
             };
-            match proxy.pool.connect(request).await {
+            match pool.connect(request).await {
                 Ok(tunnel) => {
                     let relayed = relay::tcp_to_tunnel(stream, tunnel).await;
                     log_outbound(

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::inbound::InboundHandler;
 use crate::netns::Netns;
 use crate::proxy::Proxy;
+use crate::workers::Worker;
 use crate::{outbound, plaintext, socket};
 
 /// Bound on obtaining a pod's certificate before its listeners open.
@@ -66,6 +67,7 @@ struct Entry {
 /// The pods this ztunnel serves, keyed by uid.
 pub struct PodRegistry {
     proxy: Arc<Proxy>,
+    workers: Vec<Worker>,
     pods: Mutex<HashMap<String, Entry>>,
 }
 
@@ -90,9 +92,10 @@ pub enum AddError {
 }
 
 impl PodRegistry {
-    pub fn new(proxy: Arc<Proxy>) -> Self {
+    pub fn new(proxy: Arc<Proxy>, workers: Vec<Worker>) -> Self {
         Self {
             proxy,
+            workers,
             pods: Mutex::new(HashMap::new()),
         }
     }
@@ -151,12 +154,6 @@ impl PodRegistry {
         }
 
         let ports = settings.ports;
-        let listen =
-            |port| socket::listen(&netns, port).map_err(|source| AddError::Listen { port, source });
-        let outbound_listener = listen(ports.outbound)?;
-        let plaintext_listener = listen(ports.inbound_plaintext)?;
-        let hbone_listener = listen(ports.inbound)?;
-
         let pod = Arc::new(Pod {
             info: info.clone(),
             identity: identity.clone(),
@@ -164,18 +161,50 @@ impl PodRegistry {
             cert: self.proxy.certs.watch(&identity),
             cancel: CancellationToken::new(),
         });
-        for listener in outbound_listener {
-            tokio::spawn(outbound::serve(self.proxy.clone(), pod.clone(), listener));
-        }
-        for listener in plaintext_listener {
-            tokio::spawn(plaintext::serve(self.proxy.clone(), pod.clone(), listener));
-        }
         let tls = ServerConfigBuilder::build(Arc::new(pod.cert.clone()));
         let handler = Arc::new(InboundHandler::new(self.proxy.clone(), pod.clone()));
         let (drain, drain_watch) = drain_channel();
-        for listener in hbone_listener {
-            let server = HboneServer::new(ServerConfig::default(), tls.clone(), handler.clone());
-            tokio::spawn(server.serve(listener, drain_watch.clone()));
+        // Each worker gets its own listeners (one SO_REUSEPORT group per
+        // port): a connection is served where it was accepted. Bind them all
+        // before starting any, so a failure leaves nothing half-served.
+        let mut bound = Vec::with_capacity(self.workers.len());
+        for _ in &self.workers {
+            let listen = |port| {
+                socket::listen(&pod.netns, port).map_err(|source| AddError::Listen { port, source })
+            };
+            bound.push((
+                listen(ports.outbound)?,
+                listen(ports.inbound_plaintext)?,
+                listen(ports.inbound)?,
+            ));
+        }
+        for (worker, (outbound_l, plaintext_l, hbone_l)) in self.workers.iter().zip(bound) {
+            for listener in outbound_l {
+                let (proxy, pod, pool) = (self.proxy.clone(), pod.clone(), worker.pool.clone());
+                worker.handle.spawn(async move {
+                    if let Some(listener) = register(listener) {
+                        outbound::serve(proxy, pod, listener, pool).await;
+                    }
+                });
+            }
+            for listener in plaintext_l {
+                let (proxy, pod) = (self.proxy.clone(), pod.clone());
+                worker.handle.spawn(async move {
+                    if let Some(listener) = register(listener) {
+                        plaintext::serve(proxy, pod, listener).await;
+                    }
+                });
+            }
+            for listener in hbone_l {
+                let server =
+                    HboneServer::new(ServerConfig::default(), tls.clone(), handler.clone());
+                let drain_watch = drain_watch.clone();
+                worker.handle.spawn(async move {
+                    if let Some(listener) = register(listener) {
+                        server.serve(listener, drain_watch).await;
+                    }
+                });
+            }
         }
 
         info!(pod = %pod.name(), uid = %info.uid, %identity, "pod enrolled: listening on {}, {}, {}",
@@ -215,6 +244,17 @@ impl PodRegistry {
     pub fn remove_all(&self) {
         for uid in self.uids() {
             self.remove(&uid);
+        }
+    }
+}
+
+/// Hands a listener to the worker runtime this runs on.
+fn register(listener: std::net::TcpListener) -> Option<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => Some(listener),
+        Err(err) => {
+            warn!(%err, "cannot register a pod listener with its worker");
+            None
         }
     }
 }

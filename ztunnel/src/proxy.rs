@@ -1,12 +1,11 @@
 //! What every proxied connection needs: settings, the current config,
-//! certificates and the HBONE connection pool.
+//! and certificates.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use amesh_core::certs::CertStore;
 use amesh_core::config::ConfigSnapshot;
-use amesh_core::hbone::HbonePool;
 use tokio::sync::watch;
 
 /// The ports ztunnel listens on inside every enrolled pod.
@@ -44,7 +43,6 @@ pub struct Proxy {
     pub settings: Settings,
     pub config: watch::Receiver<Arc<ConfigSnapshot>>,
     pub certs: Arc<CertStore>,
-    pub pool: HbonePool,
 }
 
 impl Proxy {

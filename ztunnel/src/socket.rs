@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::netns::Netns;
 
@@ -17,14 +17,14 @@ pub const ZTUNNEL_MARK: u32 = 0x539;
 /// the pod has IPv6. Capture redirects outbound traffic to the loopback
 /// address and inbound traffic to the pod IP, so they bind all addresses.
 /// SO_REUSEPORT lets a new ztunnel bind beside an old one.
-pub fn listen(ns: &Netns, port: u16) -> io::Result<Vec<TcpListener>> {
+pub fn listen(ns: &Netns, port: u16) -> io::Result<Vec<std::net::TcpListener>> {
     let v4 = bind_listener(ns, SocketAddr::from(([0, 0, 0, 0], port)))?;
-    let mut listeners = vec![TcpListener::from_std(v4.into())?];
+    let mut listeners = vec![v4.into()];
     match bind_listener(
         ns,
         SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
     ) {
-        Ok(v6) => listeners.push(TcpListener::from_std(v6.into())?),
+        Ok(v6) => listeners.push(v6.into()),
         // No IPv6 in this pod: IPv4 alone serves it.
         Err(err) if ipv6_unavailable(&err) => {}
         Err(err) => return Err(err),
