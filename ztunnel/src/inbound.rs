@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use crate::pod::Pod;
 use crate::proxy::Proxy;
 use crate::relay;
-use crate::socket::{self, Upstream};
+use crate::socket::{self, Reach, Upstream};
 
 #[derive(Debug)]
 pub struct InboundHandler {
@@ -48,6 +48,7 @@ impl ConnectHandler for InboundHandler {
         let upstream = Upstream {
             dst: target,
             spoof_src: Some(request.peer_addr.ip()),
+            reach: Reach::InPod,
             timeout: proxy.settings.connect_timeout,
         };
         let app = tokio::select! {

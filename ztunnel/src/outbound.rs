@@ -13,7 +13,7 @@ use crate::pod::Pod;
 use crate::proxy::Proxy;
 use crate::relay::{self, Relayed};
 use crate::route::{Route, route};
-use crate::socket::{self, Upstream};
+use crate::socket::{self, Reach, Upstream};
 
 pub async fn serve(proxy: Arc<Proxy>, pod: Arc<Pod>, listener: TcpListener, pool: HbonePool) {
     let cancel = pod.cancel.clone();
@@ -106,6 +106,7 @@ async fn handle(
             let upstream = Upstream {
                 dst: target,
                 spoof_src: None,
+                reach: Reach::Network,
                 timeout: proxy.settings.connect_timeout,
             };
             match socket::connect(&pod.netns, upstream).await {
@@ -180,6 +181,7 @@ impl Dialer for PodDialer {
             Upstream {
                 dst,
                 spoof_src: None,
+                reach: Reach::Network,
                 timeout: self.proxy.settings.connect_timeout,
             },
         ))

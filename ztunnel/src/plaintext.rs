@@ -13,7 +13,7 @@ use crate::accept::accept_loop;
 use crate::pod::Pod;
 use crate::proxy::Proxy;
 use crate::relay;
-use crate::socket::{self, Upstream};
+use crate::socket::{self, Reach, Upstream};
 
 pub async fn serve(proxy: Arc<Proxy>, pod: Arc<Pod>, listener: TcpListener) {
     let cancel = pod.cancel.clone();
@@ -45,6 +45,7 @@ async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, stream: TcpStream, peer: Socke
     let upstream = Upstream {
         dst: target,
         spoof_src: Some(peer.ip()),
+        reach: Reach::InPod,
         timeout: proxy.settings.connect_timeout,
     };
     let app = match socket::connect(&pod.netns, upstream).await {

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::inbound::InboundHandler;
 use crate::netns::Netns;
 use crate::proxy::Proxy;
+use crate::socket::Reach;
 use crate::workers::Worker;
 use crate::{outbound, plaintext, socket};
 
@@ -169,13 +170,15 @@ impl PodRegistry {
         // before starting any, so a failure leaves nothing half-served.
         let mut bound = Vec::with_capacity(self.workers.len());
         for _ in &self.workers {
-            let listen = |port| {
-                socket::listen(&pod.netns, port).map_err(|source| AddError::Listen { port, source })
+            let listen = |port, reach| {
+                socket::listen(&pod.netns, port, reach)
+                    .map_err(|source| AddError::Listen { port, source })
             };
             bound.push((
-                listen(ports.outbound)?,
-                listen(ports.inbound_plaintext)?,
-                listen(ports.inbound)?,
+                listen(ports.outbound, Reach::InPod)?,
+                // Plaintext arrives from other pods.
+                listen(ports.inbound_plaintext, Reach::Network)?,
+                listen(ports.inbound, Reach::Network)?,
             ));
         }
         for (worker, (outbound_l, plaintext_l, hbone_l)) in self.workers.iter().zip(bound) {

@@ -17,12 +17,13 @@ pub const ZTUNNEL_MARK: u32 = 0x539;
 /// the pod has IPv6. Capture redirects outbound traffic to the loopback
 /// address and inbound traffic to the pod IP, so they bind all addresses.
 /// SO_REUSEPORT lets a new ztunnel bind beside an old one.
-pub fn listen(ns: &Netns, port: u16) -> io::Result<Vec<std::net::TcpListener>> {
-    let v4 = bind_listener(ns, SocketAddr::from(([0, 0, 0, 0], port)))?;
+pub fn listen(ns: &Netns, port: u16, reach: Reach) -> io::Result<Vec<std::net::TcpListener>> {
+    let v4 = bind_listener(ns, SocketAddr::from(([0, 0, 0, 0], port)), reach)?;
     let mut listeners = vec![v4.into()];
     match bind_listener(
         ns,
         SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+        reach,
     ) {
         Ok(v6) => listeners.push(v6.into()),
         // No IPv6 in this pod: IPv4 alone serves it.
@@ -32,7 +33,7 @@ pub fn listen(ns: &Netns, port: u16) -> io::Result<Vec<std::net::TcpListener>> {
     Ok(listeners)
 }
 
-fn bind_listener(ns: &Netns, addr: SocketAddr) -> io::Result<Socket> {
+fn bind_listener(ns: &Netns, addr: SocketAddr, reach: Reach) -> io::Result<Socket> {
     ns.run(|| {
         let domain = Domain::for_address(addr);
         let socket = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
@@ -43,6 +44,8 @@ fn bind_listener(ns: &Netns, addr: SocketAddr) -> io::Result<Socket> {
         }
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
+        // Accepted sockets inherit the listener's buffer sizes.
+        reach.size_buffers(&socket)?;
         socket.bind(&SockAddr::from(addr))?;
         socket.listen(1024)?;
         Ok(socket)
@@ -56,6 +59,32 @@ fn ipv6_unavailable(err: &io::Error) -> bool {
     )
 }
 
+/// Where a socket's peer is, which decides its buffer sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// The app in the same pod, over loopback: a round trip is microseconds,
+    /// so small fixed buffers lose no throughput, and they keep the bytes
+    /// in flight in cache. Autotuning grows them to megabytes, which
+    /// measured ~15% slower through two ztunnels on a 2-core machine.
+    InPod,
+    /// Another pod or node: the kernel autotunes to the path's
+    /// bandwidth-delay product, which may be large.
+    Network,
+}
+
+/// Send and receive buffer of in-pod sockets.
+const IN_POD_BUFFER: usize = 256 * 1024;
+
+impl Reach {
+    fn size_buffers(self, socket: &Socket) -> io::Result<()> {
+        if self == Reach::InPod {
+            socket.set_send_buffer_size(IN_POD_BUFFER)?;
+            socket.set_recv_buffer_size(IN_POD_BUFFER)?;
+        }
+        Ok(())
+    }
+}
+
 /// How an upstream connection is made.
 #[derive(Clone, Copy, Debug)]
 pub struct Upstream {
@@ -63,6 +92,7 @@ pub struct Upstream {
     /// Connect from this (non-local) IP, keeping the original client's
     /// address for the app: needs IP_TRANSPARENT and the pod's mark routing.
     pub spoof_src: Option<IpAddr>,
+    pub reach: Reach,
     pub timeout: Duration,
 }
 
@@ -73,6 +103,7 @@ pub async fn connect(ns: &Netns, upstream: Upstream) -> io::Result<TcpStream> {
         let socket = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
         socket.set_mark(ZTUNNEL_MARK)?;
         socket.set_tcp_nodelay(true)?;
+        upstream.reach.size_buffers(&socket)?;
         if let Some(src) = upstream.spoof_src {
             match src {
                 IpAddr::V4(_) => socket.set_ip_transparent_v4(true)?,

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
 
@@ -58,10 +59,13 @@ impl ConfigWatcher {
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 let relevant = match &event {
-                    Ok(event) => event
-                        .paths
-                        .iter()
-                        .any(|p| p.file_name().map(|n| n.to_owned()) == file_name),
+                    Ok(event) => {
+                        changes_content(&event.kind)
+                            && event
+                                .paths
+                                .iter()
+                                .any(|p| p.file_name().map(|n| n.to_owned()) == file_name)
+                    }
                     Err(_) => true,
                 };
                 if relevant {
@@ -88,6 +92,17 @@ impl ConfigWatcher {
 
     pub fn subscribe(&self) -> watch::Receiver<Arc<ConfigSnapshot>> {
         self.current.clone()
+    }
+}
+
+/// Whether an event can change what the file holds. Opens and reads must
+/// not count: every process watching the file reads it on a change, and
+/// would otherwise set off the others' watchers, forever.
+fn changes_content(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
     }
 }
 
@@ -151,5 +166,58 @@ async fn reload_loop(
                 error!(error = %err, "config refused; keeping the last good config");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{CreateKind, DataChange, ModifyKind, RenameMode};
+
+    use super::*;
+
+    #[test]
+    fn reads_of_the_file_are_not_changes() {
+        // Other processes watching the same file read it on every change.
+        assert!(!changes_content(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(!changes_content(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(changes_content(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(changes_content(&EventKind::Modify(ModifyKind::Data(
+            DataChange::Any
+        ))));
+        assert!(changes_content(&EventKind::Modify(ModifyKind::Name(
+            RenameMode::To
+        ))));
+        assert!(changes_content(&EventKind::Create(CreateKind::File)));
+    }
+
+    #[tokio::test]
+    async fn a_valid_change_applies_without_a_restart() {
+        let dir = std::env::temp_dir().join(format!("amesh-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mesh.yaml");
+        let write = |text: &str| {
+            let tmp = dir.join(".mesh.yaml.tmp");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+        };
+        let one = "workloads:\n  - {uid: d/a, name: a, namespace: d, ips: [10.0.0.1]}\n";
+        write(one);
+        let watcher = ConfigWatcher::start(WatchConfig::new(&path, "cluster.local")).unwrap();
+        let mut rx = watcher.subscribe();
+        write(&format!(
+            "{one}  - {{uid: d/b, name: b, namespace: d, ips: [10.0.0.2]}}\n"
+        ));
+        tokio::time::timeout(Duration::from_secs(10), rx.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(watcher.current().workloads().count(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
