@@ -109,6 +109,14 @@ pub async fn connect(ns: &Netns, upstream: Upstream) -> io::Result<TcpStream> {
                 IpAddr::V4(_) => socket.set_ip_transparent_v4(true)?,
                 IpAddr::V6(_) => socket.set_ip_transparent_v6(true)?,
             }
+            // The port is chosen at connect() against the whole 4-tuple:
+            // cheaper than bind()'s search, and ports are reused across
+            // destinations instead of running out.
+            nix::sys::socket::setsockopt(
+                &socket,
+                nix::sys::socket::sockopt::IpBindAddressNoPort,
+                &true,
+            )?;
             socket.bind(&SockAddr::from(SocketAddr::new(src, 0)))?;
         }
         Ok(socket)
