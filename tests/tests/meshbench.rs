@@ -76,3 +76,53 @@ fn unknown_scenario_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown scenario \"nosuch\""), "{stderr}");
 }
+
+#[test]
+fn ztunnel_quick_json_reports_every_figure() {
+    let out = Command::new(env!("CARGO_BIN_EXE_meshbench"))
+        .args(["ztunnel", "--quick", "--json"])
+        .output()
+        .expect("run meshbench");
+    assert!(
+        out.status.success(),
+        "meshbench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.trim()).expect("exactly one JSON object");
+    assert_eq!(report["scenario"], "ztunnel");
+    let figures = report["figures"].as_array().expect("figures array");
+    let names: Vec<&str> = figures
+        .iter()
+        .map(|f| f["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "throughput_1conn",
+            "cpu_s_per_gib",
+            "latency_p50",
+            "latency_p99",
+            "connect_rate",
+            "rss_idle_20pods"
+        ]
+    );
+    for figure in figures {
+        let name = figure["name"].as_str().expect("name");
+        let mesh = figure["mesh"].as_f64().expect("mesh is a number");
+        assert!(mesh.is_finite() && mesh > 0.0, "{name}: mesh {mesh}");
+        // Figures about ztunnel alone have no no-mesh counterpart.
+        let own = name == "cpu_s_per_gib" || name == "rss_idle_20pods";
+        assert_eq!(figure["baseline"].is_null(), own, "{name}: baseline");
+        if !own {
+            let baseline = figure["baseline"].as_f64().expect("baseline");
+            let ratio = figure["ratio"].as_f64().expect("ratio");
+            assert!(baseline > 0.0, "{name}: baseline {baseline}");
+            assert!(
+                (ratio - mesh / baseline).abs() < 0.01 * ratio.max(1.0),
+                "{name}: ratio {ratio} != {mesh}/{baseline}"
+            );
+        }
+    }
+}

@@ -74,7 +74,7 @@ struct Path {
 
 type Reports = mpsc::UnboundedReceiver<io::Result<u64>>;
 
-fn build_mesh() -> Result<Mesh> {
+fn build_mesh(ztunnel_args: &[String]) -> Result<Mesh> {
     let mut builder = MeshBuilder::new()
         .nodes(2)
         .pod(PodSpec::new("client", 0).service_account("client"))
@@ -84,10 +84,8 @@ fn build_mesh() -> Result<Mesh> {
         // Access logs at info cost the mesh a little per connection, as
         // Istio's do; they stay on, as a user would run it.
         .daemon_env("RUST_LOG", "info");
-    if let Ok(extra) = std::env::var("MESHBENCH_ZTUNNEL_ARGS") {
-        for arg in extra.split_whitespace() {
-            builder = builder.ztunnel_arg(arg);
-        }
+    for arg in ztunnel_args {
+        builder = builder.ztunnel_arg(arg.clone());
     }
     for i in 1..ENROLLED_PODS {
         builder = builder.pod(PodSpec::new(format!("idle-{i}"), 0).service_account("idle"));
@@ -173,9 +171,10 @@ async fn bulk(path: &Path, reports: &mut Reports, bytes: u64) -> Result<f64> {
     Ok(gbps(bytes, start.elapsed().as_secs_f64()))
 }
 
-pub fn run(scale: Scale, only: Option<&str>) -> Result<Report> {
+/// `ztunnel_args` are passed to both ztunnels (e.g. `--worker-threads 1`).
+pub fn run(scale: Scale, only: Option<&str>, ztunnel_args: &[String]) -> Result<Report> {
     let wanted = |group: &str| only.is_none_or(|p| group.starts_with(p) || p.starts_with(group));
-    let mesh = build_mesh()?;
+    let mesh = build_mesh(ztunnel_args)?;
     let ztunnels: Vec<u32> = (0..2)
         .map(|n| mesh.ztunnel_pid(n).context("ztunnel not running"))
         .collect::<Result<_>>()?;
@@ -197,9 +196,7 @@ pub fn run(scale: Scale, only: Option<&str>) -> Result<Report> {
             echo: mesh.pod(server).addr(ECHO_PORT),
         })
     };
-    let pair = std::env::var("MESHBENCH_PAIR").unwrap_or_else(|_| "client,server".into());
-    let (pc, ps) = pair.split_once(",").unwrap_or(("client", "server"));
-    let meshed = path(pc, ps)?;
+    let meshed = path("client", "server")?;
     let plain = path("client-plain", "server-plain")?;
     let runs = scale.runs();
 

@@ -22,6 +22,10 @@ struct Args {
     /// Run only the figures whose name starts with this (e.g. `throughput`).
     #[arg(long)]
     only: Option<String>,
+    /// Extra arguments for every ztunnel the `ztunnel` scenario starts
+    /// (repeatable), e.g. `--ztunnel-arg=--worker-threads --ztunnel-arg=1`.
+    #[arg(long, allow_hyphen_values = true)]
+    ztunnel_arg: Vec<String>,
     /// Internal: run only the 8-connection transfer and print VmHWM (KiB).
     #[arg(long, hide = true)]
     rss_child: Option<String>,
@@ -45,7 +49,7 @@ fn main() -> Result<()> {
     let report = match args.scenario.as_str() {
         "hbone" => bench::hbone::run(scale, args.only.as_deref())?,
         "crypto" => bench::crypto::run(scale)?,
-        "ztunnel" => bench::ztunnel::run(scale, args.only.as_deref())?,
+        "ztunnel" => bench::ztunnel::run(scale, args.only.as_deref(), &args.ztunnel_arg)?,
         other => bail!("unknown scenario {other:?}; available: hbone, crypto, ztunnel"),
     };
     if args.json {
