@@ -7,10 +7,10 @@
 
 use std::process::Command;
 
-#[test]
-fn hbone_quick_json_reports_every_figure_against_its_baseline() {
+/// Runs `meshbench <scenario> --quick --json`; returns its figures and their names.
+fn quick_json(scenario: &str) -> (Vec<serde_json::Value>, Vec<String>) {
     let out = Command::new(env!("CARGO_BIN_EXE_meshbench"))
-        .args(["hbone", "--quick", "--json"])
+        .args([scenario, "--quick", "--json"])
         .output()
         .expect("run meshbench");
     assert!(
@@ -21,12 +21,18 @@ fn hbone_quick_json_reports_every_figure_against_its_baseline() {
     let stdout = String::from_utf8(out.stdout).expect("utf-8");
     let report: serde_json::Value =
         serde_json::from_str(stdout.trim()).expect("exactly one JSON object");
-    assert_eq!(report["scenario"], "hbone");
-    let figures = report["figures"].as_array().expect("figures array");
-    let names: Vec<&str> = figures
+    assert_eq!(report["scenario"], scenario);
+    let figures = report["figures"].as_array().expect("figures array").clone();
+    let names = figures
         .iter()
-        .map(|f| f["name"].as_str().expect("name"))
+        .map(|f| f["name"].as_str().expect("name").to_owned())
         .collect();
+    (figures, names)
+}
+
+#[test]
+fn hbone_quick_json_reports_every_figure_against_its_baseline() {
+    let (figures, names) = quick_json("hbone");
     assert_eq!(
         names,
         [
@@ -79,24 +85,7 @@ fn unknown_scenario_is_a_clear_error() {
 
 #[test]
 fn ztunnel_quick_json_reports_every_figure() {
-    let out = Command::new(env!("CARGO_BIN_EXE_meshbench"))
-        .args(["ztunnel", "--quick", "--json"])
-        .output()
-        .expect("run meshbench");
-    assert!(
-        out.status.success(),
-        "meshbench failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).expect("utf-8");
-    let report: serde_json::Value =
-        serde_json::from_str(stdout.trim()).expect("exactly one JSON object");
-    assert_eq!(report["scenario"], "ztunnel");
-    let figures = report["figures"].as_array().expect("figures array");
-    let names: Vec<&str> = figures
-        .iter()
-        .map(|f| f["name"].as_str().expect("name"))
-        .collect();
+    let (figures, names) = quick_json("ztunnel");
     assert_eq!(
         names,
         [

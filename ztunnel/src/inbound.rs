@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use amesh_core::hbone::{ConnectHandler, InboundConnect, Rejection, Responder};
-use tracing::{info, warn};
+use tracing::warn;
 
+use crate::access_log;
 use crate::pod::Pod;
 use crate::proxy::Proxy;
 use crate::relay;
@@ -77,19 +78,15 @@ impl ConnectHandler for InboundHandler {
             _ = pod.cancel.cancelled() => return,
             relayed = relay::tcp_to_tunnel(app, tunnel) => relayed,
         };
-        info!(
-            direction = "inbound",
-            src.addr = %request.peer_addr,
-            src.identity = %request.peer,
-            dst.addr = %target,
-            dst.workload = %pod.name(),
-            dst.identity = %pod.identity,
-            protocol = "HBONE",
-            bytes_sent = relayed.received,
-            bytes_recv = relayed.sent,
-            duration_ms = start.elapsed().as_millis() as u64,
-            error = relayed.error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
-            "connection complete"
+        access_log::inbound(
+            access_log::Inbound {
+                pod,
+                peer: request.peer_addr,
+                peer_identity: Some(&request.peer),
+                target,
+                start,
+            },
+            &relayed,
         );
     }
 }

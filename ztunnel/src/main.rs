@@ -4,6 +4,7 @@
 //! HBONE and plaintext reach the app with the client's IP.
 
 mod accept;
+mod access_log;
 mod inbound;
 mod netns;
 mod outbound;

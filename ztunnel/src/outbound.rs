@@ -6,12 +6,13 @@ use std::time::Instant;
 
 use amesh_core::hbone::{DialFuture, Dialer, HbonePool, HboneRequest};
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::accept::accept_loop;
+use crate::access_log;
 use crate::pod::Pod;
 use crate::proxy::Proxy;
-use crate::relay::{self, Relayed};
+use crate::relay;
 use crate::route::{Route, route};
 use crate::socket::{self, Reach, Upstream};
 
@@ -78,14 +79,16 @@ async fn handle(
             match pool.connect(request).await {
                 Ok(tunnel) => {
                     let relayed = relay::tcp_to_tunnel(stream, tunnel).await;
-                    log_outbound(
-                        &pod,
-                        peer,
-                        target,
-                        Some(&expected),
-                        service.as_deref(),
-                        via_waypoint,
-                        start,
+                    access_log::outbound(
+                        access_log::Outbound {
+                            pod: &pod,
+                            peer,
+                            dst: target,
+                            dst_identity: Some(&expected),
+                            service: service.as_deref(),
+                            via_waypoint,
+                            start,
+                        },
                         &relayed,
                     );
                 }
@@ -112,14 +115,16 @@ async fn handle(
             match socket::connect(&pod.netns, upstream).await {
                 Ok(upstream) => {
                     let relayed = relay::tcp_to_tcp(stream, upstream).await;
-                    log_outbound(
-                        &pod,
-                        peer,
-                        target,
-                        None,
-                        service.as_deref(),
-                        false,
-                        start,
+                    access_log::outbound(
+                        access_log::Outbound {
+                            pod: &pod,
+                            peer,
+                            dst: target,
+                            dst_identity: None,
+                            service: service.as_deref(),
+                            via_waypoint: false,
+                            start,
+                        },
                         &relayed,
                     );
                 }
@@ -134,36 +139,6 @@ async fn handle(
             warn!(pod = %pod.name(), src.addr = %peer, dst.addr = %dst, reason, "outbound connection refused");
         }
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn log_outbound(
-    pod: &Pod,
-    peer: SocketAddr,
-    dst: SocketAddr,
-    dst_identity: Option<&amesh_core::Identity>,
-    service: Option<&str>,
-    via_waypoint: bool,
-    start: Instant,
-    relayed: &Relayed,
-) {
-    let dst_identity = dst_identity.map(|i| i.to_string());
-    info!(
-        direction = "outbound",
-        src.addr = %peer,
-        src.workload = %pod.name(),
-        src.identity = %pod.identity,
-        dst.addr = %dst,
-        dst.service = service.unwrap_or(""),
-        dst.identity = dst_identity.as_deref().unwrap_or(""),
-        protocol = if dst_identity.is_some() { "HBONE" } else { "TCP" },
-        via_waypoint,
-        bytes_sent = relayed.sent,
-        bytes_recv = relayed.received,
-        duration_ms = start.elapsed().as_millis() as u64,
-        error = relayed.error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
-        "connection complete"
-    );
 }
 
 /// Dials HBONE connections from inside the source pod's network namespace,

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::accept::accept_loop;
+use crate::access_log;
 use crate::pod::Pod;
 use crate::proxy::Proxy;
 use crate::relay;
@@ -57,17 +58,14 @@ async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, stream: TcpStream, peer: Socke
         }
     };
     let relayed = relay::tcp_to_tcp(stream, app).await;
-    info!(
-        direction = "inbound",
-        src.addr = %peer,
-        dst.addr = %target,
-        dst.workload = %pod.name(),
-        dst.identity = %pod.identity,
-        protocol = "TCP",
-        bytes_sent = relayed.received,
-        bytes_recv = relayed.sent,
-        duration_ms = start.elapsed().as_millis() as u64,
-        error = relayed.error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
-        "connection complete"
+    access_log::inbound(
+        access_log::Inbound {
+            pod: &pod,
+            peer,
+            peer_identity: None,
+            target,
+            start,
+        },
+        &relayed,
     );
 }

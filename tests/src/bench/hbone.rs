@@ -19,9 +19,10 @@ use futures_util::future::join_all;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use super::latency::LatencyRuns;
 use super::sides::Sides;
-use super::workload::{echo, gbps, one_request, ping_pong, rate, receive_bulk, send_bulk};
-use super::{Figure, Report, Scale, median, percentile};
+use super::workload::{echo, gbps, one_request, rate, receive_bulk, send_bulk};
+use super::{Figure, Report, Scale, median};
 use crate::fixtures::{EchoHandler, LOCALHOST, Pki, start_server};
 
 const MIB: u64 = 1024 * 1024;
@@ -229,38 +230,19 @@ pub fn run(scale: Scale, only: Option<&str>) -> Result<Report> {
 
     if wanted("latency") {
         let iterations = scale.pick(5_000, 20_000);
-        let (mut m50, mut m99, mut b50, mut b99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut m, mut b) = (LatencyRuns::default(), LatencyRuns::default());
         sides.run_client(async {
             let mut mesh = pool
                 .connect(client.request(client.servers.mesh_echo))
                 .await?;
             let mut tcp = Client::tcp(client.servers.tcp_echo).await?;
             for _ in 0..runs {
-                let mut s = ping_pong(&mut mesh, 500, iterations).await?;
-                s.sort_by(f64::total_cmp);
-                m50.push(percentile(&s, 50.0));
-                m99.push(percentile(&s, 99.0));
-                let mut s = ping_pong(&mut tcp, 500, iterations).await?;
-                s.sort_by(f64::total_cmp);
-                b50.push(percentile(&s, 50.0));
-                b99.push(percentile(&s, 99.0));
+                m.record(&mut mesh, 500, iterations).await?;
+                b.record(&mut tcp, 500, iterations).await?;
             }
             anyhow::Ok(())
         })?;
-        figures.push(Figure::new(
-            "latency_p50",
-            "µs",
-            median(m50),
-            Some(median(b50)),
-            false,
-        ));
-        figures.push(Figure::new(
-            "latency_p99",
-            "µs",
-            median(m99),
-            Some(median(b99)),
-            false,
-        ));
+        figures.extend(LatencyRuns::figures(m, b));
     }
 
     if wanted("connect_rate") {

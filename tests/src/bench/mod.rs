@@ -3,6 +3,7 @@
 
 pub mod crypto;
 pub mod hbone;
+pub mod latency;
 pub mod report;
 pub mod sides;
 pub mod workload;

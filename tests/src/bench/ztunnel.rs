@@ -21,9 +21,10 @@ use nix::sched::{CloneFlags, setns};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
+use super::latency::LatencyRuns;
 use super::sides::Sides;
-use super::workload::{echo, gbps, one_request, ping_pong, rate, receive_bulk, send_bulk};
-use super::{Figure, Report, Scale, median, percentile};
+use super::workload::{echo, gbps, one_request, rate, receive_bulk, send_bulk};
+use super::{Figure, Report, Scale, median};
 use crate::harness::{Mesh, MeshBuilder, PodSpec, netns};
 
 const MIB: u64 = 1024 * 1024;
@@ -238,36 +239,17 @@ pub fn run(scale: Scale, only: Option<&str>, ztunnel_args: &[String]) -> Result<
 
     if wanted("latency") {
         let iterations = scale.pick(3_000, 20_000);
-        let (mut m50, mut m99, mut b50, mut b99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut m, mut b) = (LatencyRuns::default(), LatencyRuns::default());
         sides.run_client(async {
-            let mut m = meshed.client.connect(meshed.echo).await?;
-            let mut b = plain.client.connect(plain.echo).await?;
+            let mut mesh_conn = meshed.client.connect(meshed.echo).await?;
+            let mut plain_conn = plain.client.connect(plain.echo).await?;
             for _ in 0..runs {
-                for (stream, p50, p99) in
-                    [(&mut m, &mut m50, &mut m99), (&mut b, &mut b50, &mut b99)]
-                {
-                    let mut s = ping_pong(stream, 200, iterations).await?;
-                    s.sort_by(f64::total_cmp);
-                    p50.push(percentile(&s, 50.0));
-                    p99.push(percentile(&s, 99.0));
-                }
+                m.record(&mut mesh_conn, 200, iterations).await?;
+                b.record(&mut plain_conn, 200, iterations).await?;
             }
             anyhow::Ok(())
         })?;
-        figures.push(Figure::new(
-            "latency_p50",
-            "µs",
-            median(m50),
-            Some(median(b50)),
-            false,
-        ));
-        figures.push(Figure::new(
-            "latency_p99",
-            "µs",
-            median(m99),
-            Some(median(b99)),
-            false,
-        ));
+        figures.extend(LatencyRuns::figures(m, b));
     }
 
     if wanted("connect_rate") {

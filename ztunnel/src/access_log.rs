@@ -1,0 +1,71 @@
+//! One structured log line per proxied connection, when it ends.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use amesh_core::Identity;
+use tracing::info;
+
+use crate::pod::Pod;
+use crate::relay::Relayed;
+
+/// A connection into a pod (HBONE, or plaintext with no peer identity).
+#[derive(Debug)]
+pub struct Inbound<'a> {
+    pub pod: &'a Pod,
+    pub peer: SocketAddr,
+    pub peer_identity: Option<&'a Identity>,
+    pub target: SocketAddr,
+    pub start: Instant,
+}
+
+pub fn inbound(conn: Inbound<'_>, relayed: &Relayed) {
+    info!(
+        direction = "inbound",
+        src.addr = %conn.peer,
+        src.identity = %conn.peer_identity.map(ToString::to_string).unwrap_or_default(),
+        dst.addr = %conn.target,
+        dst.workload = %conn.pod.name(),
+        dst.identity = %conn.pod.identity,
+        protocol = if conn.peer_identity.is_some() { "HBONE" } else { "TCP" },
+        // The pod's view: what it sent and received.
+        bytes_sent = relayed.received,
+        bytes_recv = relayed.sent,
+        duration_ms = conn.start.elapsed().as_millis() as u64,
+        error = relayed.error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
+        "connection complete"
+    );
+}
+
+/// A connection out of a pod, tunnelled (with the identity expected of the
+/// destination) or passed through.
+#[derive(Debug)]
+pub struct Outbound<'a> {
+    pub pod: &'a Pod,
+    pub peer: SocketAddr,
+    pub dst: SocketAddr,
+    pub dst_identity: Option<&'a Identity>,
+    pub service: Option<&'a str>,
+    pub via_waypoint: bool,
+    pub start: Instant,
+}
+
+pub fn outbound(conn: Outbound<'_>, relayed: &Relayed) {
+    let dst_identity = conn.dst_identity.map(ToString::to_string);
+    info!(
+        direction = "outbound",
+        src.addr = %conn.peer,
+        src.workload = %conn.pod.name(),
+        src.identity = %conn.pod.identity,
+        dst.addr = %conn.dst,
+        dst.service = conn.service.unwrap_or(""),
+        dst.identity = dst_identity.as_deref().unwrap_or(""),
+        protocol = if dst_identity.is_some() { "HBONE" } else { "TCP" },
+        via_waypoint = conn.via_waypoint,
+        bytes_sent = relayed.sent,
+        bytes_recv = relayed.received,
+        duration_ms = conn.start.elapsed().as_millis() as u64,
+        error = relayed.error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
+        "connection complete"
+    );
+}
