@@ -164,7 +164,7 @@ fn config_file_follows_pods_and_services() {
     let config = read(&mesh);
     let client_entry = format!(
         "  - uid: default/client\n    name: client\n    namespace: default\n    serviceAccount: client\n    \
-         node: node-0\n    ips: [10.244.0.2]\n    labels: {{app: client}}\n    protocol: HBONE\n    netns: {}client\n",
+         node: node-0\n    ips: [10.244.0.2, fd00:10:244::2]\n    labels: {{app: client}}\n    protocol: HBONE\n    netns: {}client\n",
         mesh.prefix()
     );
     assert!(config.contains(&client_entry), "{config}");

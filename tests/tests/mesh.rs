@@ -529,3 +529,50 @@ async fn config_changes_apply_live_and_a_malformed_config_is_refused() {
         .expect("old config still serves");
     assert_eq!(parse_whoami(&line).0, "server");
 }
+
+#[tokio::test]
+async fn ipv6_is_captured_and_tunnelled_like_ipv4() {
+    let mesh = start(
+        MeshBuilder::new()
+            .nodes(2)
+            .pod(pod("client", 0))
+            .pod(pod("server", 1))
+            .pod(PodSpec::new("plain", 1).mesh(false)),
+        &["server"],
+    );
+    let server = mesh.pod("server").addr6(WHOAMI);
+    let line = whoami(&mesh, "client", server)
+        .await
+        .unwrap_or_else(|e| panic!("client -> server over IPv6: {e}\n{}", mesh.daemon_logs(1)));
+    let (name, peer) = parse_whoami(&line);
+    assert_eq!(name, "server");
+    // whoami prints IPv6 peers as [addr]:port.
+    let client6 = mesh.pod("client").ip6().to_string();
+    assert_eq!(peer.trim_matches(|c| c == '[' || c == ']'), client6);
+    wait_ztunnel_log(
+        &mesh,
+        1,
+        &[
+            "direction=\"inbound\"",
+            "protocol=\"HBONE\"",
+            &format!("src.identity={}", identity("client")),
+            &format!("dst.addr={server}"),
+        ],
+    );
+    // Plaintext over IPv6 is captured on the server side too.
+    let line = whoami(&mesh, "plain", server).await.unwrap();
+    let plain6 = mesh.pod("plain").ip6().to_string();
+    assert_eq!(
+        parse_whoami(&line).1.trim_matches(|c| c == '[' || c == ']'),
+        plain6
+    );
+    wait_ztunnel_log(
+        &mesh,
+        1,
+        &[
+            "direction=\"inbound\"",
+            "protocol=\"TCP\"",
+            &format!("src.addr=[{plain6}]"),
+        ],
+    );
+}

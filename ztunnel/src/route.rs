@@ -46,24 +46,32 @@ pub fn route(snapshot: &ConfigSnapshot, dst: SocketAddr, hbone_port: u16) -> Rou
                 service.hostname
             ));
         };
-        return to_workload(endpoint, port.target(), hbone_port, hostname);
+        // The endpoint's address in the VIP's family, where it has one.
+        let ip = endpoint
+            .ips
+            .iter()
+            .find(|ip| ip.is_ipv4() == dst.is_ipv4())
+            .or(endpoint.ips.first())
+            .copied();
+        return to_workload(endpoint, ip, port.target(), hbone_port, hostname);
     }
     if let Some(workload) = snapshot.workload_by_ip(dst.ip()) {
         if let Some(waypoint) = workload.waypoint {
             return to_waypoint(snapshot, waypoint, dst, None);
         }
-        return to_workload(workload, dst.port(), hbone_port, None);
+        return to_workload(workload, Some(dst.ip()), dst.port(), hbone_port, None);
     }
     Route::Passthrough { dst, service: None }
 }
 
 fn to_workload(
     workload: &Arc<Workload>,
+    ip: Option<std::net::IpAddr>,
     port: u16,
     hbone_port: u16,
     service: Option<String>,
 ) -> Route {
-    let Some(ip) = workload.ips.first().copied() else {
+    let Some(ip) = ip else {
         return Route::Refuse(format!("endpoint {} has no IP", workload.uid));
     };
     let target = SocketAddr::new(ip, port);
@@ -113,7 +121,7 @@ mod tests {
     const CONFIG: &str = "\
 workloads:
   - {uid: d/a, name: a, namespace: d, serviceAccount: sa-a, ips: [10.0.0.2], protocol: HBONE}
-  - {uid: d/b, name: b, namespace: d, serviceAccount: sa-b, ips: [10.0.0.3], protocol: HBONE}
+  - {uid: d/b, name: b, namespace: d, serviceAccount: sa-b, ips: [10.0.0.3, 'fd00::3'], protocol: HBONE}
   - {uid: d/c, name: c, namespace: d, ips: [10.0.0.4]}
   - {uid: d/sick, name: sick, namespace: d, ips: [10.0.0.5], protocol: HBONE, status: Unhealthy}
   - {uid: d/wp, name: wp, namespace: d, serviceAccount: waypoint, ips: [10.0.0.9], protocol: HBONE}
@@ -147,6 +155,19 @@ services:
         assert_eq!(hbone_addr, addr("10.0.0.3:15008"));
         assert_eq!(target, addr("10.0.0.3:9000"));
         assert_eq!(expected.to_string(), "spiffe://cluster.local/ns/d/sa/sa-b");
+    }
+
+    #[test]
+    fn an_ipv6_destination_is_tunnelled_over_ipv6() {
+        let r = route(&snapshot(), addr("[fd00::3]:9000"), 15008);
+        let Route::Hbone {
+            hbone_addr, target, ..
+        } = r
+        else {
+            panic!("{r:?}")
+        };
+        assert_eq!(hbone_addr, addr("[fd00::3]:15008"));
+        assert_eq!(target, addr("[fd00::3]:9000"));
     }
 
     #[test]

@@ -9,11 +9,11 @@
 //! - http: HTTP/1.1 and h2c (prior knowledge) on one port; every request gets
 //!   200 with the same line as whoami as its body.
 //!
-//! Listens on 0.0.0.0, logs to stderr, prints nothing to stdout, exits on
+//! Listens on 0.0.0.0 and [::], logs to stderr, prints nothing to stdout, exits on
 //! SIGTERM or SIGINT.
 
 use std::convert::Infallible;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{SignalKind, signal};
@@ -72,22 +73,25 @@ async fn main() -> Result<()> {
     // Bind everything before serving so a port that is listening means the
     // app is fully up (the harness waits on that).
     if let Some(port) = args.echo_port {
-        let listener = bind(port).await?;
-        tokio::spawn(accept_loop(listener, "echo", |stream, _peer| echo(stream)));
+        for listener in bind(port)? {
+            tokio::spawn(accept_loop(listener, "echo", |stream, _peer| echo(stream)));
+        }
     }
     if let Some(port) = args.whoami_port {
-        let listener = bind(port).await?;
-        let name = name.clone();
-        tokio::spawn(accept_loop(listener, "whoami", move |stream, peer| {
-            whoami(stream, peer, name.clone())
-        }));
+        for listener in bind(port)? {
+            let name = name.clone();
+            tokio::spawn(accept_loop(listener, "whoami", move |stream, peer| {
+                whoami(stream, peer, name.clone())
+            }));
+        }
     }
     if let Some(port) = args.http_port {
-        let listener = bind(port).await?;
-        let name = name.clone();
-        tokio::spawn(accept_loop(listener, "http", move |stream, peer| {
-            http(stream, peer, name.clone())
-        }));
+        for listener in bind(port)? {
+            let name = name.clone();
+            tokio::spawn(accept_loop(listener, "http", move |stream, peer| {
+                http(stream, peer, name.clone())
+            }));
+        }
     }
     info!(name = %name, echo = ?args.echo_port, http = ?args.http_port, whoami = ?args.whoami_port, "testapp listening");
 
@@ -100,11 +104,31 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-async fn bind(port: u16) -> Result<TcpListener> {
-    let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("bind {addr}"))
+/// `0.0.0.0:port`, and `[::]:port` (IPv6 only, so IPv4 peers keep their
+/// plain addresses) where the netns has IPv6.
+fn bind(port: u16) -> Result<Vec<TcpListener>> {
+    let mut listeners = vec![listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?];
+    if let Ok(v6) = listen(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))) {
+        listeners.push(v6);
+    }
+    Ok(listeners)
+}
+
+fn listen(addr: SocketAddr) -> Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .with_context(|| format!("socket for {addr}"))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("bind {addr}"))?;
+    socket
+        .listen(1024)
+        .with_context(|| format!("listen {addr}"))?;
+    Ok(TcpListener::from_std(socket.into())?)
 }
 
 /// Accepts forever, one task per connection. Accept errors (e.g. EMFILE under

@@ -29,7 +29,7 @@ pub fn render(pods: &[Pod], services: &[Service]) -> String {
         let _ = writeln!(out, "    namespace: {}", scalar(&pod.namespace));
         let _ = writeln!(out, "    serviceAccount: {}", scalar(&pod.service_account));
         let _ = writeln!(out, "    node: {}", scalar(&pod.node_name));
-        let _ = writeln!(out, "    ips: [{}]", pod.ip);
+        let _ = writeln!(out, "    ips: [{}, {}]", pod.ip, pod.ip6());
         let _ = writeln!(out, "    labels: {{{}}}", labels.join(", "));
         let _ = writeln!(
             out,
@@ -150,7 +150,7 @@ workloads:
     namespace: default
     serviceAccount: client
     node: node-0
-    ips: [10.244.0.2]
+    ips: [10.244.0.2, fd00:10:244::2]
     labels: {app: client}
     protocol: HBONE
     netns: amt123x0-client

@@ -11,6 +11,8 @@ use super::netns;
 use super::topology::{Node, Pod};
 
 /// Fabric bridge, and the per-node pod bridge (as the CNI bridge plugin names it).
+/// Both without multicast snooping: IPv6 neighbour discovery is multicast, and
+/// a snooping bridge drops it towards ports that have not sent an MLD report yet.
 const FABRIC_BRIDGE: &str = "br0";
 const POD_BRIDGE: &str = "cni0";
 
@@ -19,9 +21,21 @@ const POD_BRIDGE: &str = "cni0";
 const POD_SYSCTLS: &[(&str, &str)] = &[
     ("net.ipv4.ip_local_port_range", "1024 65000"),
     ("net.ipv4.tcp_tw_reuse", "1"),
+    ("net.ipv6.conf.all.accept_dad", "0"),
+    ("net.ipv6.conf.default.accept_dad", "0"),
+    ("net.ipv6.conf.eth0.accept_dad", "0"),
 ];
 /// New namespaces do not forward; nodes route between pods and nodes.
-const NODE_SYSCTLS: &[(&str, &str)] = &[("net.ipv4.ip_forward", "1")];
+/// Duplicate address detection is off (set before any link comes up):
+/// while a link-local address is tentative, neighbour discovery fails and
+/// the first IPv6 connections get "no route to host".
+const NODE_SYSCTLS: &[(&str, &str)] = &[
+    ("net.ipv4.ip_forward", "1"),
+    ("net.ipv6.conf.all.forwarding", "1"),
+    ("net.ipv6.conf.all.accept_dad", "0"),
+    ("net.ipv6.conf.default.accept_dad", "0"),
+    ("net.ipv6.conf.eth0.accept_dad", "0"),
+];
 
 /// Creates the fabric netns with its bridge and every node netns joined to
 /// it, with cni0 and routes to every other node's pod range. Names are
@@ -47,7 +61,7 @@ pub fn create_nodes(created: &mut Vec<String>, fabric: &str, nodes: &[Node]) -> 
     netns::add_batch(&root).context("create node namespaces")?;
 
     let mut script = format!(
-        "link set lo up\nlink add {FABRIC_BRIDGE} type bridge\nlink set {FABRIC_BRIDGE} up\n"
+        "link set lo up\nlink add {FABRIC_BRIDGE} type bridge mcast_snooping 0\nlink set {FABRIC_BRIDGE} up\n"
     );
     for node in nodes {
         let _ = writeln!(script, "link set n{} master {FABRIC_BRIDGE}", node.index);
@@ -58,9 +72,16 @@ pub fn create_nodes(created: &mut Vec<String>, fabric: &str, nodes: &[Node]) -> 
     for node in nodes {
         let mut script = String::from("link set lo up\n");
         let _ = writeln!(script, "addr add {}/24 dev eth0", node.underlay_ip);
+        // nodad: addresses are usable at once, not after duplicate detection.
+        let _ = writeln!(script, "addr add {}/64 dev eth0 nodad", node.underlay_ip6());
         script.push_str("link set eth0 up\n");
-        let _ = writeln!(script, "link add {POD_BRIDGE} type bridge");
+        let _ = writeln!(script, "link add {POD_BRIDGE} type bridge mcast_snooping 0");
         let _ = writeln!(script, "addr add {}/24 dev {POD_BRIDGE}", node.pod_gateway);
+        let _ = writeln!(
+            script,
+            "addr add {}/64 dev {POD_BRIDGE} nodad",
+            node.pod_gateway6()
+        );
         let _ = writeln!(script, "link set {POD_BRIDGE} up");
         for other in nodes.iter().filter(|o| o.index != node.index) {
             let _ = writeln!(
@@ -68,10 +89,16 @@ pub fn create_nodes(created: &mut Vec<String>, fabric: &str, nodes: &[Node]) -> 
                 "route add 10.244.{}.0/24 via {}",
                 other.index, other.underlay_ip
             );
+            let _ = writeln!(
+                script,
+                "route add fd00:10:244:{}::/64 via {}",
+                other.index,
+                other.underlay_ip6()
+            );
         }
+        netns::sysctls(&node.netns, NODE_SYSCTLS)?;
         netns::ip_batch(Some(&node.netns), &script)
             .with_context(|| format!("configure {}", node.name))?;
-        netns::sysctls(&node.netns, NODE_SYSCTLS)?;
     }
     Ok(())
 }
@@ -110,13 +137,16 @@ pub fn create_pods(created: &mut Vec<String>, nodes: &[Node], pods: &[Pod]) -> R
     }
     for pod in pods {
         let gateway = nodes[pod.node].pod_gateway;
+        let gateway6 = nodes[pod.node].pod_gateway6();
         let script = format!(
-            "link set lo up\naddr add {}/24 dev eth0\nlink set eth0 up\nroute add default via {gateway}\n",
-            pod.ip
+            "link set lo up\naddr add {}/24 dev eth0\naddr add {}/64 dev eth0 nodad\nlink set eth0 up\n\
+             route add default via {gateway}\nroute add default via {gateway6}\n",
+            pod.ip,
+            pod.ip6()
         );
+        netns::sysctls(&pod.netns, POD_SYSCTLS)?;
         netns::ip_batch(Some(&pod.netns), &script)
             .with_context(|| format!("configure pod {}", pod.name))?;
-        netns::sysctls(&pod.netns, POD_SYSCTLS)?;
     }
     Ok(())
 }

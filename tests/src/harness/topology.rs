@@ -2,7 +2,7 @@
 //! creates it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -153,6 +153,47 @@ pub struct Pod {
 impl Pod {
     pub fn addr(&self, port: u16) -> SocketAddr {
         SocketAddr::from((self.ip, port))
+    }
+
+    /// The pod's IPv6 address (every pod is dual-stack):
+    /// `fd00:10:244:<node>::<host>`, mirroring `10.244.<node>.<host>`.
+    pub fn ip6(&self) -> Ipv6Addr {
+        let [_, _, node, host] = self.ip.octets();
+        Ipv6Addr::new(0xfd00, 0x10, 0x244, node.into(), 0, 0, 0, host.into())
+    }
+
+    pub fn addr6(&self, port: u16) -> SocketAddr {
+        SocketAddr::from((self.ip6(), port))
+    }
+}
+
+impl Node {
+    /// `fd00:10::(index+1)` on the fabric.
+    pub fn underlay_ip6(&self) -> Ipv6Addr {
+        Ipv6Addr::new(
+            0xfd00,
+            0x10,
+            0,
+            0,
+            0,
+            0,
+            0,
+            self.underlay_ip.octets()[3].into(),
+        )
+    }
+
+    /// `fd00:10:244:<index>::1` on cni0.
+    pub fn pod_gateway6(&self) -> Ipv6Addr {
+        Ipv6Addr::new(
+            0xfd00,
+            0x10,
+            0x244,
+            self.pod_gateway.octets()[2].into(),
+            0,
+            0,
+            0,
+            1,
+        )
     }
 }
 
