@@ -576,3 +576,76 @@ async fn ipv6_is_captured_and_tunnelled_like_ipv4() {
         ],
     );
 }
+
+/// Dials HBONE from inside a pod's netns (a non-mesh pod: nothing captures it).
+#[derive(Debug)]
+struct FromPod(amesh_tests::harness::Pod);
+
+impl amesh_core::hbone::Dialer for FromPod {
+    fn dial(&self, dst: SocketAddr) -> amesh_core::hbone::DialFuture<'_> {
+        Box::pin(async move { self.0.tcp_socket(dst)?.connect(dst).await })
+    }
+}
+
+#[tokio::test]
+async fn inbound_hbone_refuses_targets_that_are_not_the_pod_with_400() {
+    use std::sync::Arc;
+
+    use amesh_core::certs::{CertStore, CertStoreConfig, LocalCa};
+    use amesh_core::hbone::{HboneError, HbonePool, HboneRequest, PoolConfig};
+
+    let mesh = start(
+        MeshBuilder::new()
+            .nodes(2)
+            .pod(pod("server", 1))
+            .pod(pod("other", 1))
+            .pod(PodSpec::new("prober", 0).mesh(false)),
+        &["server", "other"],
+    );
+    // A client holding a certificate from the mesh's CA, as a peer ztunnel would.
+    let ca = LocalCa::load_or_create(&mesh.ca_dir(), "cluster.local").unwrap();
+    let certs = CertStore::new(Arc::new(ca), CertStoreConfig::default());
+    let me: amesh_core::Identity = identity("prober").parse().unwrap();
+    let cert = certs.get(&me).await.unwrap();
+    let server = mesh.pod("server");
+    let request = |target: SocketAddr| HboneRequest {
+        source: cert.clone(),
+        source_ip: mesh.pod("prober").ip.into(),
+        hbone_addr: server.addr(15008),
+        expected: identity("server").parse().unwrap(),
+        target,
+        dialer: Some(Arc::new(FromPod(mesh.pod("prober").clone()))),
+    };
+    let pool = HbonePool::new(PoolConfig::default());
+
+    let mut ok = pool
+        .connect(request(server.addr(WHOAMI)))
+        .await
+        .expect("the pod itself: 200");
+    let mut line = String::new();
+    ok.read_to_string(&mut line).await.unwrap();
+    assert_eq!(parse_whoami(&line).0, "server");
+
+    for bad in [
+        mesh.pod("other").addr(WHOAMI),
+        server.addr(15001),
+        server.addr(15008),
+    ] {
+        match pool.connect(request(bad)).await {
+            Err(err @ HboneError::BadTarget { .. }) => {
+                assert_eq!(err.status(), Some(http::StatusCode::BAD_REQUEST))
+            }
+            other => panic!("target {bad}: expected 400, got {other:?}"),
+        }
+    }
+    wait_ztunnel_log(
+        &mesh,
+        1,
+        &["inbound HBONE refused: 400", "the target is not this pod"],
+    );
+    wait_ztunnel_log(
+        &mesh,
+        1,
+        &["inbound HBONE refused: 400", "the target is a ztunnel port"],
+    );
+}
