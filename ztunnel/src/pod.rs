@@ -35,6 +35,7 @@ pub struct PodInfo {
 #[derive(Debug)]
 pub struct Pod {
     pub info: PodInfo,
+    qualified_name: String,
     pub identity: Identity,
     pub netns: Netns,
     /// The pod's certificate as renewals replace it (no lock per connection).
@@ -54,9 +55,9 @@ impl Pod {
                 .is_some_and(|w| w.ips.contains(&ip))
     }
 
-    /// The pod's IP as the config knows it, for logs.
-    pub fn name(&self) -> String {
-        format!("{}/{}", self.info.namespace, self.info.name)
+    /// `<namespace>/<name>`, for logs.
+    pub fn name(&self) -> &str {
+        &self.qualified_name
     }
 }
 
@@ -156,6 +157,7 @@ impl PodRegistry {
 
         let ports = settings.ports;
         let pod = Arc::new(Pod {
+            qualified_name: format!("{}/{}", info.namespace, info.name),
             info: info.clone(),
             identity: identity.clone(),
             netns,
