@@ -30,6 +30,38 @@ fn quick_json(scenario: &str) -> (Vec<serde_json::Value>, Vec<String>) {
     (figures, names)
 }
 
+/// A measured figure (finite, positive) with a unit and a direction; with
+/// `has_baseline`, a positive baseline and the ratio mesh / baseline,
+/// otherwise neither.
+fn check_figure(figure: &serde_json::Value, has_baseline: bool) {
+    let name = figure["name"].as_str().expect("name");
+    let mesh = figure["mesh"].as_f64().expect("mesh is a number");
+    assert!(mesh.is_finite() && mesh > 0.0, "{name}: mesh {mesh}");
+    assert!(
+        figure["unit"].as_str().is_some_and(|u| !u.is_empty()),
+        "{name}: unit"
+    );
+    assert!(
+        figure["higher_is_better"].is_boolean(),
+        "{name}: higher_is_better"
+    );
+    if !has_baseline {
+        assert!(figure["baseline"].is_null(), "{name}: baseline");
+        assert!(figure["ratio"].is_null(), "{name}: ratio");
+        return;
+    }
+    let baseline = figure["baseline"].as_f64().expect("baseline");
+    let ratio = figure["ratio"].as_f64().expect("ratio");
+    assert!(
+        baseline.is_finite() && baseline > 0.0,
+        "{name}: baseline {baseline}"
+    );
+    assert!(
+        (ratio - mesh / baseline).abs() < 0.01 * ratio.max(1.0),
+        "{name}: ratio {ratio} != {mesh}/{baseline}"
+    );
+}
+
 #[test]
 fn hbone_quick_json_reports_every_figure_against_its_baseline() {
     let (figures, names) = quick_json("hbone");
@@ -45,30 +77,9 @@ fn hbone_quick_json_reports_every_figure_against_its_baseline() {
             "peak_rss"
         ]
     );
-    for figure in figures {
-        let name = figure["name"].as_str().expect("name");
-        let mesh = figure["mesh"].as_f64().expect("mesh is a number");
-        let baseline = figure["baseline"]
-            .as_f64()
-            .expect("every hbone figure has a baseline");
-        let ratio = figure["ratio"].as_f64().expect("ratio");
-        assert!(mesh.is_finite() && mesh > 0.0, "{name}: mesh {mesh}");
-        assert!(
-            baseline.is_finite() && baseline > 0.0,
-            "{name}: baseline {baseline}"
-        );
-        assert!(
-            (ratio - mesh / baseline).abs() < 0.01 * ratio.max(1.0),
-            "{name}: ratio {ratio} != {mesh}/{baseline}"
-        );
-        assert!(
-            figure["unit"].as_str().is_some_and(|u| !u.is_empty()),
-            "{name}: unit"
-        );
-        assert!(
-            figure["higher_is_better"].is_boolean(),
-            "{name}: higher_is_better"
-        );
+    for figure in &figures {
+        // Every hbone figure has a no-mesh baseline.
+        check_figure(figure, true);
     }
 }
 
@@ -97,21 +108,9 @@ fn ztunnel_quick_json_reports_every_figure() {
             "rss_idle_20pods"
         ]
     );
-    for figure in figures {
-        let name = figure["name"].as_str().expect("name");
-        let mesh = figure["mesh"].as_f64().expect("mesh is a number");
-        assert!(mesh.is_finite() && mesh > 0.0, "{name}: mesh {mesh}");
+    for figure in &figures {
         // Figures about ztunnel alone have no no-mesh counterpart.
-        let own = name == "cpu_s_per_gib" || name == "rss_idle_20pods";
-        assert_eq!(figure["baseline"].is_null(), own, "{name}: baseline");
-        if !own {
-            let baseline = figure["baseline"].as_f64().expect("baseline");
-            let ratio = figure["ratio"].as_f64().expect("ratio");
-            assert!(baseline > 0.0, "{name}: baseline {baseline}");
-            assert!(
-                (ratio - mesh / baseline).abs() < 0.01 * ratio.max(1.0),
-                "{name}: ratio {ratio} != {mesh}/{baseline}"
-            );
-        }
+        let name = figure["name"].as_str().expect("name");
+        check_figure(figure, name != "cpu_s_per_gib" && name != "rss_idle_20pods");
     }
 }
