@@ -9,7 +9,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use amesh_tests::harness::{AppSpec, Mesh, MeshBuilder, PodSpec, ServiceSpec, poll_until};
+use amesh_tests::harness::{
+    AppSpec, Mesh, MeshBuilder, PodSpec, ServiceSpec, cpu_seconds, poll_until,
+};
 use rand::{RngCore, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -648,4 +650,70 @@ async fn inbound_hbone_refuses_targets_that_are_not_the_pod_with_400() {
         1,
         &["inbound HBONE refused: 400", "the target is a ztunnel port"],
     );
+}
+
+/// Both ztunnels' CPU seconds.
+fn ztunnels_cpu(mesh: &Mesh) -> f64 {
+    (0..2)
+        .map(|n| cpu_seconds(mesh.ztunnel_pid(n).expect("ztunnel runs")).unwrap())
+        .sum()
+}
+
+/// True if both ztunnels together used under 10% of a CPU over `window`.
+fn ztunnels_idle(mesh: &Mesh, window: Duration) -> bool {
+    let before = ztunnels_cpu(mesh);
+    // A measuring interval, not a wait for an event.
+    std::thread::sleep(window);
+    ztunnels_cpu(mesh) - before < window.as_secs_f64() * 0.1
+}
+
+#[tokio::test]
+async fn busy_polling_spins_only_after_work_and_carries_traffic() {
+    // A long window makes the spin measurable by CPU ticks.
+    const WINDOW: Duration = Duration::from_millis(300);
+    let mesh = start(
+        MeshBuilder::new()
+            .nodes(2)
+            .pod(pod("client", 0))
+            .pod(pod("server", 1))
+            .ztunnel_arg("--busy-poll-us")
+            .ztunnel_arg(WINDOW.as_micros().to_string()),
+        &["server"],
+    );
+    let idle = Duration::from_millis(300);
+    poll_until(Duration::from_secs(10), "ztunnels idle after start", || {
+        Ok(ztunnels_idle(&mesh, idle))
+    })
+    .unwrap();
+
+    let before = ztunnels_cpu(&mesh);
+    let mut stream = mesh
+        .pod("client")
+        .connect(mesh.pod("server").addr(ECHO))
+        .await
+        .unwrap();
+    for i in 0..50_u8 {
+        stream.write_all(&[i]).await.unwrap();
+        let mut byte = [0_u8; 1];
+        tokio::time::timeout(IO_TIMEOUT, stream.read_exact(&mut byte))
+            .await
+            .expect("echo in time")
+            .unwrap();
+        assert_eq!(byte[0], i);
+    }
+    // Each worker that carried the traffic polls for WINDOW after it: at
+    // least two (one per ztunnel), i.e. well over 0.3 s of CPU in all. The
+    // round trips alone cost a few milliseconds.
+    poll_until(Duration::from_secs(5), "ztunnels busy polling", || {
+        Ok(ztunnels_cpu(&mesh) - before >= WINDOW.as_secs_f64())
+    })
+    .unwrap();
+    // With the connection idle (still open), the spin stops.
+    poll_until(
+        Duration::from_secs(10),
+        "ztunnels idle after traffic",
+        || Ok(ztunnels_idle(&mesh, idle)),
+    )
+    .unwrap();
+    drop(stream);
 }

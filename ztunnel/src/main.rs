@@ -5,6 +5,7 @@
 
 mod accept;
 mod access_log;
+mod busy_poll;
 mod inbound;
 mod netns;
 mod outbound;
@@ -56,6 +57,10 @@ struct Args {
     /// Worker threads, each serving its share of every pod's connections.
     #[arg(long, default_value_t = 2)]
     worker_threads: usize,
+    /// Keep each worker polling for this many µs after it last did work
+    /// before it sleeps: lower latency for more CPU. 0 (default) is off.
+    #[arg(long, default_value_t = 0)]
+    busy_poll_us: u64,
     /// Log lines as JSON instead of text.
     #[arg(long)]
     log_json: bool,
@@ -66,7 +71,9 @@ fn main() -> anyhow::Result<()> {
     init_logging(args.log_json);
     // Before any thread exists: every later thread starts in this namespace.
     netns::init_home().context("reading ztunnel's own network namespace")?;
-    let workers = workers::Workers::start(args.worker_threads).context("starting workers")?;
+    let busy_poll = busy_poll::BusyPoll::new(Duration::from_micros(args.busy_poll_us));
+    let workers =
+        workers::Workers::start(args.worker_threads, busy_poll).context("starting workers")?;
     // The control side (ZDS, config, certificates) runs on this thread.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

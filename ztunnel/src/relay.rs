@@ -8,6 +8,7 @@ use amesh_core::hbone::H2Stream;
 use tokio::io::copy_bidirectional;
 use tokio::net::TcpStream;
 
+use crate::busy_poll::tracked;
 use crate::socket::reset_on_close;
 
 /// What one proxied connection moved.
@@ -22,7 +23,7 @@ pub struct Relayed {
 
 /// TCP ↔ HBONE tunnel, without user-space copies.
 pub async fn tcp_to_tunnel(mut tcp: TcpStream, mut tunnel: H2Stream) -> Relayed {
-    let outcome = amesh_core::hbone::relay(&mut tcp, &mut tunnel).await;
+    let outcome = tracked(amesh_core::hbone::relay(&mut tcp, &mut tunnel)).await;
     if outcome.error.as_ref().is_some_and(is_reset) {
         reset_on_close(&tcp);
         tunnel.reset();
@@ -36,7 +37,7 @@ pub async fn tcp_to_tunnel(mut tcp: TcpStream, mut tunnel: H2Stream) -> Relayed 
 
 /// TCP ↔ TCP (passthrough, inbound plaintext).
 pub async fn tcp_to_tcp(mut client: TcpStream, mut upstream: TcpStream) -> Relayed {
-    match copy_bidirectional(&mut client, &mut upstream).await {
+    match tracked(copy_bidirectional(&mut client, &mut upstream)).await {
         Ok((sent, received)) => Relayed {
             sent,
             received,

@@ -10,6 +10,8 @@ use std::io;
 use std::thread::JoinHandle;
 
 use amesh_core::hbone::{HbonePool, PoolConfig};
+
+use crate::busy_poll::BusyPoll;
 use tokio::runtime::{Builder, Handle};
 use tokio::sync::oneshot;
 
@@ -29,15 +31,25 @@ pub struct Workers {
 }
 
 impl Workers {
-    pub fn start(count: usize) -> io::Result<Self> {
+    /// `busy_poll`: each worker polls for that long after work before
+    /// sleeping (see [`crate::busy_poll`]).
+    pub fn start(count: usize, busy_poll: Option<BusyPoll>) -> io::Result<Self> {
         let mut this = Self {
             workers: Vec::new(),
             stops: Vec::new(),
             threads: Vec::new(),
         };
         for i in 0..count.max(1) {
-            let runtime = Builder::new_current_thread().enable_all().build()?;
+            let mut builder = Builder::new_current_thread();
+            builder.enable_all();
+            if let Some(busy_poll) = &busy_poll {
+                busy_poll.hook(&mut builder);
+            }
+            let runtime = builder.build()?;
             let handle = runtime.handle().clone();
+            if let Some(busy_poll) = &busy_poll {
+                busy_poll.clone().spawn(&handle);
+            }
             let (stop, stopped) = oneshot::channel::<()>();
             let thread = std::thread::Builder::new()
                 .name(format!("worker-{i}"))

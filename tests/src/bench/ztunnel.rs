@@ -25,7 +25,7 @@ use super::latency::LatencyRuns;
 use super::sides::Sides;
 use super::workload::{echo, gbps, one_request, rate, receive_bulk, send_bulk};
 use super::{Figure, Report, Scale, median};
-use crate::harness::{Mesh, MeshBuilder, PodSpec, netns};
+use crate::harness::{Mesh, MeshBuilder, PodSpec, cpu_seconds, netns, vm_rss_mib};
 
 const MIB: u64 = 1024 * 1024;
 const GIB: f64 = (1024 * 1024 * 1024) as f64;
@@ -130,34 +130,9 @@ fn start_servers(sides: &Sides, mesh: &Mesh) -> Result<Reports> {
     Ok(reports)
 }
 
-/// utime + stime of `pid` in seconds.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields overall.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("bad /proc stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11).context("no utime")?.parse::<f64>()?
-        + fields.get(12).context("no stime")?.parse::<f64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks / hz)
-}
-
-fn vm_rss_mib(pid: u32) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .context("no VmRSS")?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()?;
-    Ok(kib / 1024.0)
+/// Both ztunnels' CPU time, in seconds.
+fn ztunnel_cpu_seconds(pids: &[u32]) -> Result<f64> {
+    pids.iter().map(|p| cpu_seconds(*p)).sum()
 }
 
 async fn bulk(path: &Path, reports: &mut Reports, bytes: u64) -> Result<f64> {
@@ -205,15 +180,9 @@ pub fn run(scale: Scale, only: Option<&str>, ztunnel_args: &[String]) -> Result<
         let bytes = scale.pick(256, 2048) * MIB;
         let (mut m, mut b, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..runs {
-            let before: f64 = ztunnels
-                .iter()
-                .map(|p| cpu_seconds(*p))
-                .sum::<Result<f64>>()?;
+            let before = ztunnel_cpu_seconds(&ztunnels)?;
             m.push(sides.run_client(bulk(&meshed, &mut reports, bytes))?);
-            let after: f64 = ztunnels
-                .iter()
-                .map(|p| cpu_seconds(*p))
-                .sum::<Result<f64>>()?;
+            let after = ztunnel_cpu_seconds(&ztunnels)?;
             cpu.push((after - before) / (bytes as f64 / GIB));
             b.push(sides.run_client(bulk(&plain, &mut reports, bytes))?);
         }
@@ -239,17 +208,24 @@ pub fn run(scale: Scale, only: Option<&str>, ztunnel_args: &[String]) -> Result<
 
     if wanted("latency") {
         let iterations = scale.pick(3_000, 20_000);
+        let warmup = 200;
         let (mut m, mut b) = (LatencyRuns::default(), LatencyRuns::default());
+        let mut cpu = Vec::new();
         sides.run_client(async {
             let mut mesh_conn = meshed.client.connect(meshed.echo).await?;
             let mut plain_conn = plain.client.connect(plain.echo).await?;
             for _ in 0..runs {
-                m.record(&mut mesh_conn, 200, iterations).await?;
-                b.record(&mut plain_conn, 200, iterations).await?;
+                let before = ztunnel_cpu_seconds(&ztunnels)?;
+                m.record(&mut mesh_conn, warmup, iterations).await?;
+                let spent = ztunnel_cpu_seconds(&ztunnels)? - before;
+                cpu.push(spent * 1e6 / (warmup + iterations) as f64);
+                b.record(&mut plain_conn, warmup, iterations).await?;
             }
             anyhow::Ok(())
         })?;
         figures.extend(LatencyRuns::figures(m, b));
+        // What the latency costs: with busy polling on, most of it is spin.
+        figures.push(Figure::new("cpu_us_per_rr", "µs", median(cpu), None, false));
     }
 
     if wanted("connect_rate") {
