@@ -4,9 +4,13 @@
 //! The enroller publishes the full set of enrolled pods in a [`ZdsRegistry`];
 //! each ztunnel connection diffs what it has sent against the latest set, so
 //! the first diff (against nothing) is the snapshot and later ones are the
-//! deltas, and nothing is lost when changes come faster than acks. Only the
-//! newest connection is served: a new ztunnel (upgrade, restart) replaces the
-//! old one. Capture stays in place while no ztunnel is connected, so pods'
+//! deltas, and nothing is lost when changes come faster than acks. Every
+//! connected ztunnel is served: during an upgrade the new ztunnel starts
+//! beside the old one, both serve every pod (their listeners share each
+//! SO_REUSEPORT group) until the old one drains and leaves. Dropping the old
+//! connection instead would make it reconnect and push the new one out in
+//! turn. The newest connection is the one whose progress [`ZdsStatus`]
+//! reports. Capture stays in place while no ztunnel is connected, so pods'
 //! traffic is refused rather than sent around the mesh.
 
 use std::collections::BTreeMap;
@@ -20,7 +24,7 @@ use amesh_core::zds::proto::{
 };
 use amesh_core::zds::{ZdsConnection, ZdsError, ZdsListener};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
 use crate::netns::Netns;
@@ -43,7 +47,7 @@ pub struct PodSet {
     pub pods: BTreeMap<String, Arc<ZdsPod>>,
 }
 
-/// Which connection is being served and how far it has caught up.
+/// The newest connection and how far it has caught up.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ZdsStatus {
     /// The connection being served, once ztunnel said hello.
@@ -101,10 +105,17 @@ impl ZdsRegistry {
         matches!(tokio::time::timeout(timeout, done).await, Ok(Ok(_)))
     }
 
+    /// Records `connection`'s progress unless a newer connection said hello.
     fn set_status(&self, connection: u64, synced_generation: u64) {
-        self.status.send_replace(ZdsStatus {
-            connection: Some(connection),
-            synced_generation,
+        self.status.send_if_modified(|status| {
+            if status.connection.is_some_and(|newest| newest > connection) {
+                return false;
+            }
+            *status = ZdsStatus {
+                connection: Some(connection),
+                synced_generation,
+            };
+            true
         });
     }
 }
@@ -153,10 +164,11 @@ impl ZdsServer {
         }
     }
 
-    /// Accepts ztunnel connections until dropped, serving the newest.
+    /// Accepts ztunnel connections until dropped, serving each of them.
     pub async fn run(self) {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        let mut current: Option<JoinHandle<()>> = None;
+        // Aborts every connection's task when the server is dropped.
+        let mut connections = JoinSet::new();
         let mut accept_errors = 0u32;
         loop {
             let conn = match self.listener.accept().await {
@@ -174,24 +186,22 @@ impl ZdsServer {
                     continue;
                 }
             };
+            // Reap finished connections so the set stays small.
+            while connections.try_join_next().is_some() {}
             let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-            if let Some(old) = current.take() {
-                info!(
-                    connection = id,
-                    "new ztunnel connection replaces the previous one"
-                );
-                old.abort();
-            } else {
-                info!(connection = id, "ztunnel connected");
-            }
+            info!(
+                connection = id,
+                others = connections.len(),
+                "ztunnel connected"
+            );
             let registry = self.registry.clone();
             let timeout = self.timeout;
-            current = Some(tokio::spawn(async move {
+            connections.spawn(async move {
                 match serve(conn, id, registry, timeout).await {
                     Ok(()) => info!(connection = id, "ztunnel disconnected"),
                     Err(err) => warn!(connection = id, error = %err, "ZDS connection dropped"),
                 }
-            }));
+            });
         }
     }
 }

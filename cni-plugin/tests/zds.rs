@@ -154,13 +154,22 @@ async fn snapshot_then_deltas_and_again_after_reconnect() {
     expect_add(&conn, &c).await;
     assert!(fx.registry.wait_synced(generation, T).await);
 
-    // ztunnel restarts: the new connection replaces the old one and gets
-    // the whole snapshot again.
+    // A second ztunnel starts beside the first (an upgrade): it gets the
+    // whole snapshot, and both are served from then on.
     let again = fx.connect().await;
     expect_add(&again, &b).await;
     expect_add(&again, &c).await;
     expect_snapshot_sent(&again).await;
-    expect_closed(&conn).await;
+    let generation = fx.registry.publish(set(&[&c]));
+    expect_del(&conn, "b").await;
+    expect_del(&again, "b").await;
+    assert!(fx.registry.wait_synced(generation, T).await);
+
+    // The old one leaves; the new one is still served.
+    drop(conn);
+    let generation = fx.registry.publish(set(&[&b, &c]));
+    expect_add(&again, &b).await;
+    assert!(fx.registry.wait_synced(generation, T).await);
 
     // A ztunnel that goes away does not block removals.
     drop(again);

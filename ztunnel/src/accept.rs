@@ -5,19 +5,24 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-/// Accepts until `cancel` fires, running `handle` for each connection in its
-/// own task, also ended by `cancel`. The listener closes on return.
-pub async fn accept_loop<F, Fut>(listener: TcpListener, cancel: CancellationToken, handle: F)
+use crate::pod::Pod;
+use crate::proxy::Proxy;
+
+/// Accepts until the pod stops accepting (drain) or leaves, running `handle`
+/// for each connection in its own task, tracked for draining and ended when
+/// the pod leaves. The listener closes on return.
+pub async fn accept_loop<F, Fut>(proxy: &Proxy, pod: &Pod, listener: TcpListener, handle: F)
 where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let stop = pod.stop_accepting.clone();
+    let cancel = pod.cancel.clone();
     loop {
         let accepted = tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = stop.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -25,7 +30,7 @@ where
                 let _ = stream.set_nodelay(true);
                 let conn = handle(stream, peer);
                 let cancel = cancel.clone();
-                tokio::spawn(async move {
+                proxy.connections.spawn(async move {
                     tokio::select! {
                         _ = cancel.cancelled() => {}
                         _ = conn => {}
@@ -36,7 +41,7 @@ where
                 // Out of fds or similar: back off instead of spinning.
                 warn!(%err, "accept failed");
                 tokio::select! {
-                    _ = cancel.cancelled() => return,
+                    _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_millis(50)) => {}
                 }
             }

@@ -26,7 +26,8 @@ use amesh_core::certs::{CertStore, CertStoreConfig, LocalCa};
 use amesh_core::config::{ConfigWatcher, WatchConfig};
 use anyhow::Context;
 use clap::Parser;
-use tracing::info;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "amesh node proxy")]
@@ -61,6 +62,10 @@ struct Args {
     /// before it sleeps: lower latency for more CPU. 0 (default) is off.
     #[arg(long, default_value_t = 0)]
     busy_poll_us: u64,
+    /// On SIGTERM, how long open connections may take to finish after the
+    /// listeners close; the rest are then closed.
+    #[arg(long, default_value_t = 30)]
+    drain_timeout_secs: u64,
     /// Log lines as JSON instead of text.
     #[arg(long)]
     log_json: bool,
@@ -115,9 +120,10 @@ async fn run(args: Args, workers: &workers::Workers) -> anyhow::Result<()> {
         },
         config: watcher.subscribe(),
         certs,
+        connections: TaskTracker::new(),
     });
     let registry = Arc::new(pod::PodRegistry::new(
-        proxy,
+        proxy.clone(),
         workers.iter().cloned().collect(),
     ));
     info!(node = %args.node, config = %args.config.display(), zds = %args.zds_socket.display(), "ztunnel started");
@@ -127,10 +133,36 @@ async fn run(args: Args, workers: &workers::Workers) -> anyhow::Result<()> {
         _ = zds => {}
         _ = shutdown_signal() => {}
     }
-    info!("shutting down");
-    registry.remove_all();
+    // Leaving the select dropped the ZDS connection: the node agent keeps
+    // serving any other ztunnel (the new one, in an upgrade).
+    drain(
+        &proxy,
+        &registry,
+        Duration::from_secs(args.drain_timeout_secs),
+    )
+    .await;
     drop(watcher);
     Ok(())
+}
+
+/// Graceful shutdown: stop accepting, let open connections finish within
+/// `deadline`, then close what is left.
+async fn drain(proxy: &proxy::Proxy, registry: &pod::PodRegistry, deadline: Duration) {
+    registry.stop_accepting_all();
+    proxy.connections.close();
+    info!(
+        open = proxy.connections.len(),
+        ?deadline,
+        "draining: listeners closed, waiting for open connections"
+    );
+    match tokio::time::timeout(deadline, proxy.connections.wait()).await {
+        Ok(()) => info!("drained: every connection finished"),
+        Err(_) => warn!(
+            open = proxy.connections.len(),
+            "drain deadline passed: closing the remaining connections"
+        ),
+    }
+    registry.remove_all();
 }
 
 async fn shutdown_signal() {

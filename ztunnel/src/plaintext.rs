@@ -17,8 +17,7 @@ use crate::relay;
 use crate::socket::{self, Reach, Upstream};
 
 pub async fn serve(proxy: Arc<Proxy>, pod: Arc<Pod>, listener: TcpListener) {
-    let cancel = pod.cancel.clone();
-    accept_loop(listener, cancel, |stream, peer| {
+    accept_loop(&proxy, &pod, listener, |stream, peer| {
         handle(proxy.clone(), pod.clone(), stream, peer)
     })
     .await;

@@ -42,6 +42,9 @@ pub struct Pod {
     pub cert: CertWatch,
     /// Cancelled when the pod leaves: ends its listeners and connections.
     pub cancel: CancellationToken,
+    /// Cancelled to close the pod's listeners but let its connections
+    /// finish (shutdown drain); a child of `cancel`.
+    pub stop_accepting: CancellationToken,
 }
 
 impl Pod {
@@ -156,17 +159,22 @@ impl PodRegistry {
         }
 
         let ports = settings.ports;
+        let cancel = CancellationToken::new();
         let pod = Arc::new(Pod {
             qualified_name: format!("{}/{}", info.namespace, info.name),
             info: info.clone(),
             identity: identity.clone(),
             netns,
             cert: self.proxy.certs.watch(&identity),
-            cancel: CancellationToken::new(),
+            stop_accepting: cancel.child_token(),
+            cancel,
         });
         let tls = ServerConfigBuilder::build(Arc::new(pod.cert.clone()));
         let handler = Arc::new(InboundHandler::new(self.proxy.clone(), pod.clone()));
         let (drain, drain_watch) = drain_channel();
+        if let Err(err) = socket::enable_listener_handover(&pod.netns) {
+            warn!(pod = %pod.name(), %err, "cannot enable listener handover: an upgrade may reset connections queued on this ztunnel's listeners");
+        }
         // Each worker gets its own listeners (one SO_REUSEPORT group per
         // port): a connection is served where it was accepted. Bind them all
         // before starting any, so a failure leaves nothing half-served.
@@ -204,11 +212,14 @@ impl PodRegistry {
                 let server =
                     HboneServer::new(ServerConfig::default(), tls.clone(), handler.clone());
                 let drain_watch = drain_watch.clone();
-                worker.handle.spawn(async move {
-                    if let Some(listener) = register(listener) {
-                        server.serve(listener, drain_watch).await;
-                    }
-                });
+                // Tracked: a shutdown waits for its GOAWAY'd connections.
+                worker
+                    .handle
+                    .spawn(self.proxy.connections.track_future(async move {
+                        if let Some(listener) = register(listener) {
+                            server.serve(listener, drain_watch).await;
+                        }
+                    }));
             }
         }
 
@@ -243,6 +254,17 @@ impl PodRegistry {
         for uid in stale {
             warn!(uid, "pod not in the node agent's snapshot: removing");
             self.remove(&uid);
+        }
+    }
+
+    /// Shutdown, first step: every pod's listeners close (connections queued
+    /// on them move to a new ztunnel's listeners in the same SO_REUSEPORT
+    /// group, see [`socket::enable_listener_handover`]) and its HBONE
+    /// connections get GOAWAY; open connections carry on.
+    pub fn stop_accepting_all(&self) {
+        for entry in self.lock().values() {
+            entry.pod.stop_accepting.cancel();
+            entry.drain.drain();
         }
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use amesh_core::certs::CertStore;
 use amesh_core::config::ConfigSnapshot;
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 /// The ports ztunnel listens on inside every enrolled pod.
 #[derive(Clone, Copy, Debug)]
@@ -43,6 +44,9 @@ pub struct Proxy {
     pub settings: Settings,
     pub config: watch::Receiver<Arc<ConfigSnapshot>>,
     pub certs: Arc<CertStore>,
+    /// Every proxied connection's task (and each pod's HBONE server), so a
+    /// shutdown can wait for them to finish.
+    pub connections: TaskTracker,
 }
 
 impl Proxy {

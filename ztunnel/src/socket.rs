@@ -52,6 +52,16 @@ fn bind_listener(ns: &Netns, addr: SocketAddr, reach: Reach) -> io::Result<Socke
     })
 }
 
+/// Lets a closing listener hand the connections queued on it to another
+/// listener of its SO_REUSEPORT group (`net.ipv4.tcp_migrate_req`, per
+/// netns, Linux 5.14+; it covers IPv6 too). Without it, closing the old
+/// ztunnel's listeners during an upgrade resets every connection that was
+/// still waiting in their accept queues.
+pub fn enable_listener_handover(ns: &Netns) -> io::Result<()> {
+    // /proc/sys/net is the netns of the thread that opens it.
+    ns.run(|| std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", "1"))
+}
+
 fn ipv6_unavailable(err: &io::Error) -> bool {
     matches!(
         err.raw_os_error(),

@@ -123,6 +123,17 @@ impl HboneError {
 
     /// Whether the failure happened before any request reached the server, so
     /// retrying on a fresh connection is safe.
+    /// The server turned the stream away before processing it (GOAWAY
+    /// below its id, or REFUSED_STREAM): safe to send again elsewhere.
+    pub(crate) fn is_refused_unprocessed(&self) -> bool {
+        match self {
+            Self::Http2 { source, .. } => {
+                source.is_go_away() || source.reason() == Some(h2::Reason::REFUSED_STREAM)
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn is_connection_gone(&self) -> bool {
         match self {
             Self::Http2 { source, .. } => {

@@ -181,13 +181,17 @@ impl HbonePool {
         };
         // A pooled connection can die between checkout and use (GOAWAY,
         // reset); such failures happen before the server saw the request, so
-        // retry once. A freshly dialed connection's failure is final.
+        // retry once. A freshly dialed connection's failure is final, unless
+        // the server refused the stream unprocessed (it began draining right
+        // after the handshake, e.g. a ztunnel upgrade).
         let mut last_err = None;
         for _ in 0..2 {
             let (conn, guard, fresh) = self.checkout(&key, &req).await?;
             match self.open_stream(&conn, guard, &req).await {
                 Ok(stream) => return Ok(stream),
-                Err(err) if !fresh && err.is_connection_gone() => {
+                Err(err)
+                    if (!fresh && err.is_connection_gone()) || err.is_refused_unprocessed() =>
+                {
                     debug!(conn = conn.id, error = %err, "pooled connection gone; retrying on a new one");
                     conn.shared.closed.store(true, Ordering::Release);
                     self.inner.remove(&key, conn.id);

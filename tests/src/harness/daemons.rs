@@ -74,7 +74,7 @@ impl Mesh {
         self.daemon_spec(node, AGENT_BIN, extra)
     }
 
-    fn ztunnel_spec(&self, node: usize) -> Result<ProcessSpec> {
+    pub(super) fn ztunnel_spec(&self, node: usize) -> Result<ProcessSpec> {
         let mut extra: Vec<OsString> = vec!["--ca-dir".into(), self.ca_dir().into()];
         extra.extend(self.daemons.ztunnel_args.iter().map(OsString::from));
         self.daemon_spec(node, ZTUNNEL_BIN, extra)

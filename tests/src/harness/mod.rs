@@ -29,6 +29,7 @@ mod process;
 mod spawn;
 mod teardown;
 mod topology;
+mod upgrade;
 mod wait;
 
 pub use apps::AppSpec;

@@ -225,6 +225,8 @@ pub(super) struct DaemonSettings {
 pub(super) struct NodeDaemons {
     pub agent: Option<Process>,
     pub ztunnel: Option<Process>,
+    /// The previous ztunnel during an upgrade, until it has drained.
+    pub old_ztunnel: Option<Process>,
 }
 
 /// Describes a mesh; `build()` creates its namespaces and config.
