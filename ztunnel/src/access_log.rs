@@ -1,9 +1,11 @@
-//! One structured log line per proxied connection, when it ends.
+//! One structured log line per connection: when it ends, or when it is
+//! refused (with the policy or reason). `--log-json` makes them JSON.
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use amesh_core::Identity;
+use amesh_core::policy::PolicyRef;
 use tracing::info;
 
 use crate::pod::Pod;
@@ -15,25 +17,61 @@ pub struct Inbound<'a> {
     pub pod: &'a Pod,
     pub peer: SocketAddr,
     pub peer_identity: Option<&'a Identity>,
+    /// The client's workload, when the config knows its IP.
+    pub peer_workload: Option<String>,
     pub target: SocketAddr,
+    /// The service that sends this port to the pod, if any.
+    pub service: Option<&'a str>,
     pub start: Instant,
 }
 
-pub fn inbound(conn: Inbound<'_>, relayed: &Relayed) {
+fn audited_list(audited: &[PolicyRef]) -> String {
+    audited
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn inbound(conn: Inbound<'_>, relayed: &Relayed, audited: &[PolicyRef], revoked: bool) {
     info!(
         direction = "inbound",
         src.addr = %conn.peer,
+        src.workload = conn.peer_workload.as_deref().unwrap_or(""),
         src.identity = %conn.peer_identity.map(ToString::to_string).unwrap_or_default(),
         dst.addr = %conn.target,
         dst.workload = %conn.pod.name(),
         dst.identity = %conn.pod.identity,
+        dst.service = conn.service.unwrap_or(""),
         protocol = if conn.peer_identity.is_some() { "HBONE" } else { "TCP" },
         // The pod's view: what it sent and received.
         bytes_sent = relayed.received,
         bytes_recv = relayed.sent,
         duration_ms = conn.start.elapsed().as_millis() as u64,
+        audited = %audited_list(audited),
+        reason = if revoked { "closed: a config change denies it" } else { "" },
         error = relayed.error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
         "connection complete"
+    );
+}
+
+/// A connection into a pod turned away before reaching the app.
+pub fn inbound_refused(conn: Inbound<'_>, reason: &str) {
+    info!(
+        direction = "inbound",
+        src.addr = %conn.peer,
+        src.workload = conn.peer_workload.as_deref().unwrap_or(""),
+        src.identity = %conn.peer_identity.map(ToString::to_string).unwrap_or_default(),
+        dst.addr = %conn.target,
+        dst.workload = %conn.pod.name(),
+        dst.identity = %conn.pod.identity,
+        dst.service = conn.service.unwrap_or(""),
+        protocol = if conn.peer_identity.is_some() { "HBONE" } else { "TCP" },
+        bytes_sent = 0,
+        bytes_recv = 0,
+        duration_ms = conn.start.elapsed().as_millis() as u64,
+        reason,
+        "connection refused"
     );
 }
 
@@ -45,6 +83,7 @@ pub struct Outbound<'a> {
     pub peer: SocketAddr,
     pub dst: SocketAddr,
     pub dst_identity: Option<&'a Identity>,
+    pub dst_workload: Option<String>,
     pub service: Option<&'a str>,
     pub via_waypoint: bool,
     pub start: Instant,
@@ -58,6 +97,7 @@ pub fn outbound(conn: Outbound<'_>, relayed: &Relayed) {
         src.workload = %conn.pod.name(),
         src.identity = %conn.pod.identity,
         dst.addr = %conn.dst,
+        dst.workload = conn.dst_workload.as_deref().unwrap_or(""),
         dst.service = conn.service.unwrap_or(""),
         dst.identity = dst_identity.as_deref().unwrap_or(""),
         protocol = if dst_identity.is_some() { "HBONE" } else { "TCP" },

@@ -7,11 +7,11 @@ use std::time::Instant;
 use amesh_core::hbone::{ConnectHandler, InboundConnect, Rejection, Responder};
 use tracing::warn;
 
-use crate::access_log;
 use crate::pod::Pod;
 use crate::proxy::Proxy;
 use crate::relay;
 use crate::socket::{self, Reach, Upstream};
+use crate::{access_log, authz, telemetry};
 
 #[derive(Debug)]
 pub struct InboundHandler {
@@ -45,6 +45,34 @@ impl ConnectHandler for InboundHandler {
             );
             return;
         }
+        let snapshot = proxy.snapshot();
+        let src_ip = request.peer_addr.ip();
+        let service = telemetry::service_for(&snapshot, &pod.info.uid, target.port())
+            .map(|s| s.hostname.clone());
+        let log_conn = || access_log::Inbound {
+            pod,
+            peer: request.peer_addr,
+            peer_identity: Some(&request.peer),
+            peer_workload: telemetry::workload_name(&snapshot, src_ip),
+            target,
+            service: service.as_deref(),
+            start,
+        };
+        let dst = authz::dst_workload(&snapshot, &pod.info, &pod.identity);
+        let audited = match authz::admit(&snapshot, &dst, src_ip, Some(&request.peer), target) {
+            Ok(audited) => audited,
+            Err(refusal) => {
+                responder.reject(Rejection::Denied);
+                proxy.metrics.denied(refusal.metric_reason());
+                access_log::inbound_refused(log_conn(), &refusal.to_string());
+                return;
+            }
+        };
+        // Registered before the app sees it: a policy change from here on
+        // closes it.
+        let live = proxy
+            .live
+            .register(&pod.info, src_ip, Some(&request.peer), target);
         // The tunnel's TCP source is the client pod's IP: the app sees it.
         let upstream = Upstream {
             dst: target,
@@ -74,19 +102,17 @@ impl ConnectHandler for InboundHandler {
                 return;
             }
         };
-        let relayed = tokio::select! {
+        let labels =
+            telemetry::inbound_labels(&snapshot, pod, src_ip, Some(&request.peer), target.port());
+        let counters = proxy.metrics.tcp().open_connection(&labels);
+        let (relayed, revoked) = tokio::select! {
             _ = pod.cancel.cancelled() => return,
-            relayed = relay::tcp_to_tunnel(app, tunnel) => relayed,
+            _ = live.revoked() => (relay::Relayed::default(), true),
+            relayed = relay::tunnel_to_tcp(tunnel, app) => (relayed, false),
         };
-        access_log::inbound(
-            access_log::Inbound {
-                pod,
-                peer: request.peer_addr,
-                peer_identity: Some(&request.peer),
-                target,
-                start,
-            },
-            &relayed,
-        );
+        // Istio's names: received = request bytes, sent = response.
+        counters.add_received(relayed.sent);
+        counters.add_sent(relayed.received);
+        access_log::inbound(log_conn(), &relayed, &audited, revoked);
     }
 }

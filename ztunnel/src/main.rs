@@ -5,8 +5,13 @@
 
 mod accept;
 mod access_log;
+mod admin;
+mod authz;
 mod busy_poll;
+mod config_changes;
 mod inbound;
+mod live;
+mod logging;
 mod netns;
 mod outbound;
 mod plaintext;
@@ -14,18 +19,25 @@ mod pod;
 mod proxy;
 mod relay;
 mod route;
+mod servers;
 mod socket;
+mod telemetry;
 mod workers;
 mod zds_client;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use amesh_core::admin::Readiness;
 use amesh_core::certs::{CertStore, CertStoreConfig, LocalCa};
 use amesh_core::config::{ConfigWatcher, WatchConfig};
+use amesh_core::metrics::Metrics;
 use anyhow::Context;
 use clap::Parser;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
@@ -66,6 +78,20 @@ struct Args {
     /// listeners close; the rest are then closed.
     #[arg(long, default_value_t = 30)]
     drain_timeout_secs: u64,
+    /// Prometheus metrics (`/metrics`).
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    metrics_addr: SocketAddr,
+    /// Readiness (`/healthz/ready`): ready once the node agent's snapshot
+    /// is applied.
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    readiness_addr: SocketAddr,
+    /// Admin (`/config_dump`, `/logging`): loopback addresses only.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin_addr: SocketAddr,
+    /// Namespace whose policies apply mesh-wide (`istio-system` is always
+    /// accepted too).
+    #[arg(long, default_value = "amesh-system")]
+    root_namespace: String,
     /// Log lines as JSON instead of text.
     #[arg(long)]
     log_json: bool,
@@ -73,7 +99,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_logging(args.log_json);
+    let log_control = logging::init(args.log_json);
     // Before any thread exists: every later thread starts in this namespace.
     netns::init_home().context("reading ztunnel's own network namespace")?;
     let busy_poll = busy_poll::BusyPoll::new(Duration::from_micros(args.busy_poll_us));
@@ -84,25 +110,22 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(run(args, &workers))
+    runtime.block_on(run(args, &workers, log_control))
 }
 
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-async fn run(args: Args, workers: &workers::Workers) -> anyhow::Result<()> {
-    let watcher = ConfigWatcher::start(WatchConfig::new(&args.config, &args.trust_domain))
+async fn run(
+    args: Args,
+    workers: &workers::Workers,
+    log_control: logging::LogControl,
+) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let watch_config = WatchConfig::new(&args.config, &args.trust_domain)
+        .root_namespace(&args.root_namespace)
+        .on_reload({
+            let metrics = metrics.clone();
+            move |applied| metrics.config_reload(applied)
+        });
+    let watcher = ConfigWatcher::start(watch_config)
         .map_err(|err| anyhow::anyhow!("invalid config: {err}"))?;
     let ca = LocalCa::load_or_create(&args.ca_dir, &args.trust_domain)
         .with_context(|| format!("loading the CA from {}", args.ca_dir.display()))?;
@@ -121,14 +144,43 @@ async fn run(args: Args, workers: &workers::Workers) -> anyhow::Result<()> {
         config: watcher.subscribe(),
         certs,
         connections: TaskTracker::new(),
+        metrics: metrics.clone(),
+        live: Arc::default(),
     });
     let registry = Arc::new(pod::PodRegistry::new(
         proxy.clone(),
         workers.iter().cloned().collect(),
     ));
+    let (ready_tx, ready) = watch::channel(Readiness::not_ready(
+        "waiting for the node agent's snapshot",
+    ));
+    let servers_cancel = CancellationToken::new();
+    servers::start(
+        servers::Addresses {
+            metrics: args.metrics_addr,
+            readiness: args.readiness_addr,
+            admin: args.admin_addr,
+        },
+        metrics.clone(),
+        ready,
+        Arc::new(admin::ZtunnelAdmin {
+            proxy: proxy.clone(),
+            pods: registry.clone(),
+            log: log_control,
+        }),
+        &servers_cancel,
+    )?;
+    tokio::spawn(config_changes::follow(proxy.clone()));
     info!(node = %args.node, config = %args.config.display(), zds = %args.zds_socket.display(), "ztunnel started");
 
-    let zds = zds_client::run(&args.zds_socket, registry.clone());
+    let zds = zds_client::run(
+        &args.zds_socket,
+        registry.clone(),
+        zds_client::Observers {
+            metrics,
+            ready: ready_tx,
+        },
+    );
     tokio::select! {
         _ = zds => {}
         _ = shutdown_signal() => {}
@@ -141,6 +193,7 @@ async fn run(args: Args, workers: &workers::Workers) -> anyhow::Result<()> {
         Duration::from_secs(args.drain_timeout_secs),
     )
     .await;
+    servers_cancel.cancel();
     drop(watcher);
     Ok(())
 }

@@ -15,6 +15,7 @@ use crate::proxy::Proxy;
 use crate::relay;
 use crate::route::{Route, route};
 use crate::socket::{self, Reach, Upstream};
+use crate::telemetry;
 
 pub async fn serve(proxy: Arc<Proxy>, pod: Arc<Pod>, listener: TcpListener, pool: HbonePool) {
     accept_loop(&proxy, &pod, listener, |stream, peer| {
@@ -42,7 +43,8 @@ async fn handle(
         warn!(pod = %pod.name(), src.addr = %peer, "connection addressed to ztunnel's own outbound port: closed");
         return;
     }
-    let decision = route(&proxy.snapshot(), dst, proxy.settings.ports.inbound);
+    let snapshot = proxy.snapshot();
+    let decision = route(&snapshot, dst, proxy.settings.ports.inbound);
     match decision {
         Route::Hbone {
             hbone_addr,
@@ -77,13 +79,25 @@ async fn handle(
             };
             match pool.connect(request).await {
                 Ok(tunnel) => {
+                    let labels = telemetry::outbound_labels(
+                        &snapshot,
+                        &pod,
+                        target.ip(),
+                        service.as_deref(),
+                        true,
+                    );
+                    let counters = proxy.metrics.tcp().open_connection(&labels);
                     let relayed = relay::tcp_to_tunnel(stream, tunnel).await;
+                    // Istio's names: received = request bytes, sent = response.
+                    counters.add_received(relayed.sent);
+                    counters.add_sent(relayed.received);
                     access_log::outbound(
                         access_log::Outbound {
                             pod: &pod,
                             peer,
                             dst: target,
                             dst_identity: Some(&expected),
+                            dst_workload: telemetry::workload_name(&snapshot, target.ip()),
                             service: service.as_deref(),
                             via_waypoint,
                             start,
@@ -113,13 +127,25 @@ async fn handle(
             };
             match socket::connect(&pod.netns, upstream).await {
                 Ok(upstream) => {
+                    let labels = telemetry::outbound_labels(
+                        &snapshot,
+                        &pod,
+                        target.ip(),
+                        service.as_deref(),
+                        false,
+                    );
+                    let counters = proxy.metrics.tcp().open_connection(&labels);
                     let relayed = relay::tcp_to_tcp(stream, upstream).await;
+                    // Istio's names: received = request bytes, sent = response.
+                    counters.add_received(relayed.sent);
+                    counters.add_sent(relayed.received);
                     access_log::outbound(
                         access_log::Outbound {
                             pod: &pod,
                             peer,
                             dst: target,
                             dst_identity: None,
+                            dst_workload: telemetry::workload_name(&snapshot, target.ip()),
                             service: service.as_deref(),
                             via_waypoint: false,
                             start,

@@ -1,6 +1,7 @@
 //! Inbound plaintext (port 15006 in each pod): TCP from outside the mesh,
-//! proxied to the app keeping the client's IP. Policy on it comes with
-//! PeerAuthentication.
+//! proxied to the app keeping the client's IP, unless the port's
+//! PeerAuthentication is STRICT or an AuthorizationPolicy denies it (the
+//! client then sees its connection closed).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,11 +11,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
 
 use crate::accept::accept_loop;
-use crate::access_log;
 use crate::pod::Pod;
 use crate::proxy::Proxy;
 use crate::relay;
 use crate::socket::{self, Reach, Upstream};
+use crate::{access_log, authz, telemetry};
 
 pub async fn serve(proxy: Arc<Proxy>, pod: Arc<Pod>, listener: TcpListener) {
     accept_loop(&proxy, &pod, listener, |stream, peer| {
@@ -42,6 +43,28 @@ async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, stream: TcpStream, peer: Socke
         warn!(pod = %pod.name(), src.addr = %peer, dst.addr = %target, "plaintext connection to a ztunnel port or another address: closed");
         return;
     }
+    let snapshot = proxy.snapshot();
+    let service =
+        telemetry::service_for(&snapshot, &pod.info.uid, target.port()).map(|s| s.hostname.clone());
+    let log_conn = || access_log::Inbound {
+        pod: &pod,
+        peer,
+        peer_identity: None,
+        peer_workload: telemetry::workload_name(&snapshot, peer.ip()),
+        target,
+        service: service.as_deref(),
+        start,
+    };
+    let dst = authz::dst_workload(&snapshot, &pod.info, &pod.identity);
+    let audited = match authz::admit(&snapshot, &dst, peer.ip(), None, target) {
+        Ok(audited) => audited,
+        Err(refusal) => {
+            proxy.metrics.denied(refusal.metric_reason());
+            access_log::inbound_refused(log_conn(), &refusal.to_string());
+            return;
+        }
+    };
+    let live = proxy.live.register(&pod.info, peer.ip(), None, target);
     let upstream = Upstream {
         dst: target,
         spoof_src: Some(peer.ip()),
@@ -56,15 +79,14 @@ async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, stream: TcpStream, peer: Socke
             return;
         }
     };
-    let relayed = relay::tcp_to_tcp(stream, app).await;
-    access_log::inbound(
-        access_log::Inbound {
-            pod: &pod,
-            peer,
-            peer_identity: None,
-            target,
-            start,
-        },
-        &relayed,
-    );
+    let labels = telemetry::inbound_labels(&snapshot, &pod, peer.ip(), None, target.port());
+    let counters = proxy.metrics.tcp().open_connection(&labels);
+    let (relayed, revoked) = tokio::select! {
+        _ = live.revoked() => (relay::Relayed::default(), true),
+        relayed = relay::tcp_to_tcp(stream, app) => (relayed, false),
+    };
+    // Istio's names: received = request bytes, sent = response.
+    counters.add_received(relayed.sent);
+    counters.add_sent(relayed.received);
+    access_log::inbound(log_conn(), &relayed, &audited, revoked);
 }

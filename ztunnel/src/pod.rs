@@ -9,6 +9,7 @@ use std::time::Duration;
 use amesh_core::Identity;
 use amesh_core::certs::CertWatch;
 use amesh_core::hbone::{DrainSignal, HboneServer, ServerConfig, drain_channel};
+use amesh_core::metrics::Metrics;
 use amesh_core::tls::ServerConfigBuilder;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -107,6 +108,11 @@ impl PodRegistry {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.pods.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every pod served now, for the admin dump.
+    pub fn pods(&self) -> Vec<Arc<Pod>> {
+        self.lock().values().map(|e| e.pod.clone()).collect()
     }
 
     pub fn uids(&self) -> Vec<String> {
@@ -223,6 +229,11 @@ impl PodRegistry {
             }
         }
 
+        tokio::spawn(report_cert_expiry(
+            pod.cert.clone(),
+            self.proxy.metrics.clone(),
+            pod.cancel.clone(),
+        ));
         info!(pod = %pod.name(), uid = %info.uid, %identity, "pod enrolled: listening on {}, {}, {}",
             ports.outbound, ports.inbound_plaintext, ports.inbound);
         self.lock().insert(info.uid, Entry { pod, drain });
@@ -240,6 +251,7 @@ impl PodRegistry {
         let identity = &entry.pod.identity;
         if !self.lock().values().any(|e| &e.pod.identity == identity) {
             self.proxy.certs.forget(identity);
+            self.proxy.metrics.forget_cert(&identity.to_string());
         }
     }
 
@@ -271,6 +283,25 @@ impl PodRegistry {
     pub fn remove_all(&self) {
         for uid in self.uids() {
             self.remove(&uid);
+        }
+    }
+}
+
+/// Keeps the certificate-expiry gauge current as renewals replace the
+/// pod's certificate, until the pod leaves.
+async fn report_cert_expiry(mut cert: CertWatch, metrics: Metrics, gone: CancellationToken) {
+    loop {
+        if let Some(current) = cert.current() {
+            let not_after = current
+                .not_after()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            metrics.set_cert_expiry(&current.identity().to_string(), not_after);
+        }
+        tokio::select! {
+            _ = gone.cancelled() => return,
+            changed = cert.changed() => if !changed { return },
         }
     }
 }

@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use amesh_core::certs::CertStore;
 use amesh_core::config::ConfigSnapshot;
+use amesh_core::metrics::Metrics;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
+
+use crate::live::LiveConnections;
 
 /// The ports ztunnel listens on inside every enrolled pod.
 #[derive(Clone, Copy, Debug)]
@@ -47,6 +50,9 @@ pub struct Proxy {
     /// Every proxied connection's task (and each pod's HBONE server), so a
     /// shutdown can wait for them to finish.
     pub connections: TaskTracker,
+    pub metrics: Metrics,
+    /// Inbound connections, for closing those a policy change denies.
+    pub live: Arc<LiveConnections>,
 }
 
 impl Proxy {

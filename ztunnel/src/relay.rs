@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use crate::busy_poll::tracked;
 use crate::socket::reset_on_close;
 
-/// What one proxied connection moved.
+/// What one proxied connection moved, from its client's point of view.
 #[derive(Debug, Default)]
 pub struct Relayed {
     /// Bytes from the connection's client side to its upstream.
@@ -32,6 +32,16 @@ pub async fn tcp_to_tunnel(mut tcp: TcpStream, mut tunnel: H2Stream) -> Relayed 
         sent: outcome.to_tunnel,
         received: outcome.from_tunnel,
         error: outcome.error,
+    }
+}
+
+/// HBONE tunnel (the client side) ↔ TCP to the app: inbound.
+pub async fn tunnel_to_tcp(tunnel: H2Stream, app: TcpStream) -> Relayed {
+    let relayed = tcp_to_tunnel(app, tunnel).await;
+    Relayed {
+        sent: relayed.received,
+        received: relayed.sent,
+        error: relayed.error,
     }
 }
 

@@ -7,11 +7,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use amesh_core::admin::Readiness;
+use amesh_core::metrics::Metrics;
 use amesh_core::zds::proto::{
     Ack, Version, WorkloadRequest, WorkloadResponse, ZdsHello, workload_request::Payload,
     workload_response,
 };
 use amesh_core::zds::{ZdsConnection, ZdsError};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::pod::{PodInfo, PodRegistry};
@@ -19,12 +22,21 @@ use crate::pod::{PodInfo, PodRegistry};
 const MIN_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
+/// What the ZDS session reports to: counters, and readiness (ready once the
+/// first snapshot is applied; a reconnect does not make ztunnel unready, its
+/// pods keep being served).
+#[derive(Debug)]
+pub struct Observers {
+    pub metrics: Metrics,
+    pub ready: watch::Sender<Readiness>,
+}
+
 /// Connects to the node agent and serves its requests, reconnecting for as
 /// long as ztunnel runs. Pods keep being served while disconnected.
-pub async fn run(path: &Path, registry: Arc<PodRegistry>) {
+pub async fn run(path: &Path, registry: Arc<PodRegistry>, observers: Observers) {
     let mut backoff = MIN_BACKOFF;
     loop {
-        match session(path, &registry, &mut backoff).await {
+        match session(path, &registry, &observers, &mut backoff).await {
             Ok(()) => info!("node agent closed the ZDS connection; reconnecting"),
             Err(err) => {
                 warn!(socket = %path.display(), error = %err, "ZDS connection failed; retrying")
@@ -38,6 +50,7 @@ pub async fn run(path: &Path, registry: Arc<PodRegistry>) {
 async fn session(
     path: &Path,
     registry: &PodRegistry,
+    observers: &Observers,
     backoff: &mut Duration,
 ) -> Result<(), ZdsError> {
     let conn = ZdsConnection::connect(path).await?;
@@ -57,6 +70,14 @@ async fn session(
             Err(ZdsError::Closed) => return Ok(()),
             Err(err) => return Err(err),
         };
+        let kind = match &request.payload {
+            Some(Payload::Add(_)) => "add",
+            Some(Payload::Keep(_)) => "keep",
+            Some(Payload::Del(_)) => "delete",
+            Some(Payload::SnapshotSent(_)) => "snapshot_sent",
+            None => "other",
+        };
+        observers.metrics.zds_message(kind);
         let outcome = match request.payload {
             Some(Payload::Add(add)) => {
                 snapshot.insert(add.uid.clone());
@@ -87,6 +108,7 @@ async fn session(
             Some(Payload::SnapshotSent(_)) => {
                 registry.retain(&snapshot);
                 info!(pods = snapshot.len(), "node agent snapshot received");
+                observers.ready.send_replace(Readiness::ready());
                 Ok(())
             }
             None => Err("empty or unknown ZDS request".to_owned()),

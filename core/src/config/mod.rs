@@ -23,6 +23,33 @@
 //!     ports: [{port: 80, targetPort: 8080}]     # targetPort defaults to port
 //!     endpoints: [default/echo-0, default/echo-1]
 //! ```
+//!
+//! The file may hold more YAML documents (`---`): Istio resources,
+//! `security.istio.io/v1` (or `v1beta1`) `AuthorizationPolicy` and
+//! `PeerAuthentication`, exactly as users apply them to Kubernetes
+//! (`metadata.namespace` is required). At most one document has no `kind`:
+//! the workloads and services above. Policies in the root namespace
+//! ([`ParseOptions::root_namespace`], default `amesh-system`) or in
+//! `istio-system` apply mesh-wide. See [`crate::policy`].
+//!
+//! ```yaml
+//! workloads: [...]
+//! services: [...]
+//! ---
+//! apiVersion: security.istio.io/v1
+//! kind: AuthorizationPolicy
+//! metadata: {name: no-sandbox, namespace: production}
+//! spec:
+//!   action: DENY
+//!   rules:
+//!     - from: [{source: {namespaces: [sandbox]}}]
+//! ---
+//! apiVersion: security.istio.io/v1
+//! kind: PeerAuthentication
+//! metadata: {name: default, namespace: production}
+//! spec:
+//!   mtls: {mode: STRICT}
+//! ```
 
 mod error;
 mod model;
@@ -32,6 +59,6 @@ mod watch;
 
 pub use error::ConfigError;
 pub use model::{HealthStatus, Protocol, Service, ServicePort, WaypointRef, Workload};
-pub use parse::{load_file, parse};
+pub use parse::{ParseOptions, load_file, load_file_with, parse, parse_with};
 pub use snapshot::{ConfigSnapshot, ServiceEntry};
 pub use watch::{ConfigWatcher, WatchConfig};

@@ -1,18 +1,25 @@
 //! YAML → validated [`ConfigSnapshot`], with errors that name the file,
 //! line and field.
+//!
+//! A file is a stream of YAML documents (`---`): at most one without
+//! `apiVersion`/`kind` holds the workloads and services; the others are
+//! Istio resources ([`crate::policy`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
 
 use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 
 use super::error::ConfigError;
 use super::model::{HealthStatus, Protocol, Service, ServicePort, WaypointRef, Workload};
 use super::snapshot::ConfigSnapshot;
-use crate::identity::Identity;
+use crate::identity::{DEFAULT_TRUST_DOMAIN, Identity};
+use crate::policy::{DEFAULT_ROOT_NAMESPACE, Header, PolicySet, ReadError, ResourceReader};
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct FileSpec {
     #[serde(default)]
@@ -20,7 +27,6 @@ struct FileSpec {
     #[serde(default)]
     services: Vec<ServiceSpec>,
 }
-
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct WorkloadSpec {
@@ -66,8 +72,43 @@ struct ServiceSpec {
     waypoint: Option<WaypointRef>,
 }
 
-/// Reads and validates `path`.
+/// What parsing needs besides the text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseOptions {
+    /// Of the workloads' identities.
+    pub trust_domain: String,
+    /// Policies here (and in `istio-system`) apply mesh-wide.
+    pub root_namespace: String,
+}
+
+impl Default for ParseOptions {
+    fn default() -> Self {
+        Self::new(DEFAULT_TRUST_DOMAIN)
+    }
+}
+
+impl ParseOptions {
+    /// With the default root namespace, [`DEFAULT_ROOT_NAMESPACE`].
+    pub fn new(trust_domain: impl Into<String>) -> Self {
+        Self {
+            trust_domain: trust_domain.into(),
+            root_namespace: DEFAULT_ROOT_NAMESPACE.to_owned(),
+        }
+    }
+
+    pub fn root_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.root_namespace = namespace.into();
+        self
+    }
+}
+
+/// Reads and validates `path`, with the default root namespace.
 pub fn load_file(path: &Path, trust_domain: &str) -> Result<ConfigSnapshot, ConfigError> {
+    load_file_with(path, &ParseOptions::new(trust_domain))
+}
+
+/// Reads and validates `path`.
+pub fn load_file_with(path: &Path, options: &ParseOptions) -> Result<ConfigSnapshot, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
         file: path.to_owned(),
         line: None,
@@ -75,25 +116,128 @@ pub fn load_file(path: &Path, trust_domain: &str) -> Result<ConfigSnapshot, Conf
         field: String::new(),
         message: format!("cannot read: {err}"),
     })?;
-    parse(&text, path, trust_domain)
+    parse_with(&text, path, options)
+}
+
+/// Parses and validates config text, with the default root namespace;
+/// `path` only labels errors.
+pub fn parse(text: &str, path: &Path, trust_domain: &str) -> Result<ConfigSnapshot, ConfigError> {
+    parse_with(text, path, &ParseOptions::new(trust_domain))
 }
 
 /// Parses and validates config text; `path` only labels errors.
-pub fn parse(text: &str, path: &Path, trust_domain: &str) -> Result<ConfigSnapshot, ConfigError> {
-    let spec: FileSpec = if text.trim().is_empty() {
-        FileSpec {
-            workloads: Vec::new(),
-            services: Vec::new(),
+pub fn parse_with(
+    text: &str,
+    path: &Path,
+    options: &ParseOptions,
+) -> Result<ConfigSnapshot, ConfigError> {
+    // Pass one: what each document is. serde_yaml reads a document once, so
+    // pass two reads the text again with the right type for each; its
+    // locations are within the whole file.
+    let mut headers = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        // Return at the first error: after a syntax error the iterator
+        // would repeat it forever.
+        headers.push(Option::<Header>::deserialize(doc).map_err(|err| yaml_error(path, &err))?);
+    }
+    let mut spec: Option<FileSpec> = None;
+    let mut reader = ResourceReader::default();
+    let mut resources = Vec::new();
+    for (doc, header) in serde_yaml::Deserializer::from_str(text).zip(&headers) {
+        // An empty document (a trailing `---`, only comments) holds nothing.
+        let Some(header) = header else { continue };
+        if header.is_resource() {
+            let resource = reader
+                .read(header, doc)
+                .map_err(|err| resource_error(path, text, &header.label(), err))?;
+            resources.push(resource);
+        } else if spec.is_some() {
+            let err = Refuse(
+                "a second document without `kind`: workloads and services must all be \
+                 in one document (every other document is an Istio resource with \
+                 apiVersion and kind)",
+            )
+            .deserialize(doc)
+            .err();
+            return Err(match err {
+                Some(err) => yaml_error(path, &err),
+                None => ConfigError {
+                    file: path.to_owned(),
+                    line: None,
+                    column: None,
+                    field: String::new(),
+                    message: "more than one document without `kind`".into(),
+                },
+            });
+        } else {
+            spec = Some(FileSpec::deserialize(doc).map_err(|err| yaml_error(path, &err))?);
         }
-    } else {
-        serde_yaml::from_str(text).map_err(|err| yaml_error(path, &err))?
-    };
-    Validator {
+    }
+    let snapshot = Validator {
         path,
         text,
-        trust_domain,
+        trust_domain: &options.trust_domain,
     }
-    .validate(spec)
+    .validate(spec.unwrap_or_default())?;
+    Ok(snapshot.with_policies(PolicySet::build(resources, &options.root_namespace)))
+}
+
+/// Fails on any mapping, to locate an error at a document's start.
+struct Refuse(&'static str);
+
+impl<'de> DeserializeSeed<'de> for Refuse {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Refuse {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a mapping")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, _map: A) -> Result<(), A::Error> {
+        Err(de::Error::custom(self.0))
+    }
+}
+
+/// An error in a resource document; its field is prefixed with the
+/// resource (`AuthorizationPolicy production/no-sandbox: spec.rules[0]...`).
+fn resource_error(path: &Path, text: &str, label: &str, err: ReadError) -> ConfigError {
+    let mut error = yaml_error(path, &err.yaml);
+    match err.failure {
+        // Found once the document was read: serde_yaml locates it at the
+        // document's start; the field's key is the first one below.
+        Some(failure) => {
+            error.line = error
+                .line
+                .map(|start| line_of_key(text, start, failure.key).unwrap_or(start));
+            error.column = None;
+            error.field = format!("{label}: {}", failure.field);
+            error.message = failure.message;
+        }
+        None if error.field.is_empty() => error.field = label.to_owned(),
+        None => error.field = format!("{label}: {}", error.field),
+    }
+    error
+}
+
+/// The first line at or after `from` (1-based) that holds `key:`.
+fn line_of_key(text: &str, from: usize, key: &str) -> Option<usize> {
+    text.lines()
+        .enumerate()
+        .skip(from.saturating_sub(1))
+        .find(|(_, line)| {
+            let line = line.trim_start();
+            let line = line.strip_prefix("- ").unwrap_or(line);
+            line.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with(':'))
+        })
+        .map(|(i, _)| i + 1)
 }
 
 fn yaml_error(path: &Path, err: &serde_yaml::Error) -> ConfigError {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::model::{Service, Workload};
+use crate::policy::PolicySet;
 
 /// A service with its endpoints resolved, and its load-balancing cursor.
 #[derive(Debug)]
@@ -35,6 +36,7 @@ pub struct ConfigSnapshot {
     /// Workload uids in file order.
     order: Vec<String>,
     services: Vec<Arc<ServiceEntry>>,
+    policies: PolicySet,
 }
 
 impl ConfigSnapshot {
@@ -66,6 +68,16 @@ impl ConfigSnapshot {
             snap.services.push(entry);
         }
         snap
+    }
+
+    pub(super) fn with_policies(mut self, policies: PolicySet) -> Self {
+        self.policies = policies;
+        self
+    }
+
+    /// The AuthorizationPolicies and PeerAuthentications of this version.
+    pub fn policies(&self) -> &PolicySet {
+        &self.policies
     }
 
     pub fn workload_by_uid(&self, uid: &str) -> Option<&Arc<Workload>> {

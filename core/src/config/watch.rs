@@ -12,15 +12,33 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
 
 use super::error::ConfigError;
-use super::parse::{load_file, parse};
+use super::parse::{ParseOptions, load_file_with, parse_with};
 use super::snapshot::ConfigSnapshot;
 
-#[derive(Clone, Debug)]
+/// Told of every reload attempt: `true` applied, `false` refused.
+pub type ReloadHook = Arc<dyn Fn(bool) + Send + Sync>;
+
+#[derive(Clone)]
 pub struct WatchConfig {
     pub path: PathBuf,
     pub trust_domain: String,
+    /// Policies here (and in `istio-system`) apply mesh-wide.
+    pub root_namespace: String,
     /// Editors write in several steps; changes within this window apply once.
     pub debounce: Duration,
+    /// For counting reloads (metrics).
+    pub on_reload: Option<ReloadHook>,
+}
+
+impl std::fmt::Debug for WatchConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchConfig")
+            .field("path", &self.path)
+            .field("trust_domain", &self.trust_domain)
+            .field("root_namespace", &self.root_namespace)
+            .field("debounce", &self.debounce)
+            .finish_non_exhaustive()
+    }
 }
 
 impl WatchConfig {
@@ -28,8 +46,26 @@ impl WatchConfig {
         Self {
             path: path.into(),
             trust_domain: trust_domain.into(),
+            root_namespace: crate::policy::DEFAULT_ROOT_NAMESPACE.to_owned(),
             debounce: Duration::from_millis(20),
+            on_reload: None,
         }
+    }
+
+    /// Calls `hook` after every reload attempt with whether it applied.
+    pub fn on_reload(mut self, hook: impl Fn(bool) + Send + Sync + 'static) -> Self {
+        self.on_reload = Some(Arc::new(hook));
+        self
+    }
+
+    /// Sets the root namespace (default `amesh-system`).
+    pub fn root_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.root_namespace = namespace.into();
+        self
+    }
+
+    fn parse_options(&self) -> ParseOptions {
+        ParseOptions::new(&self.trust_domain).root_namespace(&self.root_namespace)
     }
 }
 
@@ -51,7 +87,7 @@ impl ConfigWatcher {
     /// Loads the file (it must be valid) and starts watching it. Must be
     /// called inside a tokio runtime.
     pub fn start(config: WatchConfig) -> Result<Self, ConfigError> {
-        let initial = load_file(&config.path, &config.trust_domain)?;
+        let initial = load_file_with(&config.path, &config.parse_options())?;
         let initial_text = std::fs::read(&config.path).unwrap_or_default();
         let (tx, current) = watch::channel(Arc::new(initial));
         let (events_tx, events) = mpsc::unbounded_channel();
@@ -129,6 +165,7 @@ async fn reload_loop(
     tx: watch::Sender<Arc<ConfigSnapshot>>,
     mut last_text: Vec<u8>,
 ) {
+    let options = config.parse_options();
     while events.recv().await.is_some() {
         tokio::time::sleep(config.debounce).await;
         while events.try_recv().is_ok() {}
@@ -150,14 +187,18 @@ async fn reload_loop(
                 field: String::new(),
                 message: format!("not UTF-8: {err}"),
             })
-            .and_then(|text| parse(text, &config.path, &config.trust_domain));
+            .and_then(|text| parse_with(text, &config.path, &options));
         last_text = text;
+        if let Some(hook) = &config.on_reload {
+            hook(parsed.is_ok());
+        }
         match parsed {
             Ok(snapshot) => {
                 info!(
                     file = %config.path.display(),
                     workloads = snapshot.workloads().count(),
                     services = snapshot.services().count(),
+                    policies = snapshot.policies().len(),
                     "config applied"
                 );
                 tx.send_replace(Arc::new(snapshot));
@@ -194,6 +235,35 @@ mod tests {
             RenameMode::To
         ))));
         assert!(changes_content(&EventKind::Create(CreateKind::File)));
+    }
+
+    #[tokio::test]
+    async fn the_root_namespace_applies_to_loads_and_reloads() {
+        let dir = std::env::temp_dir().join(format!("amesh-watch-root-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mesh.yaml");
+        let policy = |name: &str| {
+            format!(
+                "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n\
+                 metadata: {{name: {name}, namespace: mesh-root}}\nspec: {{mtls: {{mode: STRICT}}}}\n"
+            )
+        };
+        std::fs::write(&path, policy("a")).unwrap();
+        let config = WatchConfig::new(&path, "cluster.local").root_namespace("mesh-root");
+        let watcher = ConfigWatcher::start(config).unwrap();
+        assert_eq!(watcher.current().policies().root_namespace(), "mesh-root");
+        let mut rx = watcher.subscribe();
+        let tmp = dir.join(".mesh.yaml.tmp");
+        std::fs::write(&tmp, format!("{}---\n{}", policy("a"), policy("b"))).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), rx.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        let current = watcher.current();
+        assert_eq!(current.policies().len(), 2);
+        assert_eq!(current.policies().root_namespace(), "mesh-root");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

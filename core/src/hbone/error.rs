@@ -121,8 +121,6 @@ impl HboneError {
         }
     }
 
-    /// Whether the failure happened before any request reached the server, so
-    /// retrying on a fresh connection is safe.
     /// The server turned the stream away before processing it (GOAWAY
     /// below its id, or REFUSED_STREAM): safe to send again elsewhere.
     pub(crate) fn is_refused_unprocessed(&self) -> bool {
@@ -134,6 +132,8 @@ impl HboneError {
         }
     }
 
+    /// Whether the failure happened before any request reached the server, so
+    /// retrying on a fresh connection is safe.
     pub(crate) fn is_connection_gone(&self) -> bool {
         match self {
             Self::Http2 { source, .. } => {
