@@ -9,8 +9,14 @@ use std::process::Command;
 
 /// Runs `meshbench <scenario> --quick --json`; returns its figures and their names.
 fn quick_json(scenario: &str) -> (Vec<serde_json::Value>, Vec<String>) {
+    quick_json_with(scenario, &[])
+}
+
+/// As [`quick_json`], with `extra` arguments.
+fn quick_json_with(scenario: &str, extra: &[&str]) -> (Vec<serde_json::Value>, Vec<String>) {
     let out = Command::new(env!("CARGO_BIN_EXE_meshbench"))
         .args([scenario, "--quick", "--json"])
+        .args(extra)
         .output()
         .expect("run meshbench");
     assert!(
@@ -94,25 +100,59 @@ fn unknown_scenario_is_a_clear_error() {
     assert!(stderr.contains("unknown scenario \"nosuch\""), "{stderr}");
 }
 
+/// The figures of the `ztunnel` scenario, in order.
+const ZTUNNEL_FIGURES: [&str; 8] = [
+    "throughput_1conn",
+    "cpu_s_per_gib",
+    "latency_p50",
+    "latency_p99",
+    "cpu_us_per_rr",
+    "connect_rate",
+    "peak_rss_connect",
+    "rss_idle_20pods",
+];
+
+fn check_ztunnel_figures(figures: &[serde_json::Value], names: &[String]) {
+    assert_eq!(names, ZTUNNEL_FIGURES);
+    for figure in figures {
+        // Figures about ztunnel alone have no no-mesh counterpart.
+        let name = figure["name"].as_str().expect("name");
+        let ztunnel_only = [
+            "cpu_s_per_gib",
+            "cpu_us_per_rr",
+            "peak_rss_connect",
+            "rss_idle_20pods",
+        ];
+        check_figure(figure, !ztunnel_only.contains(&name));
+        if name.contains("rss") {
+            assert_eq!(figure["unit"], "MiB", "{name}");
+            assert_eq!(figure["higher_is_better"], false, "{name}");
+        }
+    }
+}
+
 #[test]
 fn ztunnel_quick_json_reports_every_figure() {
     let (figures, names) = quick_json("ztunnel");
-    assert_eq!(
-        names,
-        [
-            "throughput_1conn",
-            "cpu_s_per_gib",
-            "latency_p50",
-            "latency_p99",
-            "cpu_us_per_rr",
-            "connect_rate",
-            "rss_idle_20pods"
-        ]
-    );
-    for figure in &figures {
-        // Figures about ztunnel alone have no no-mesh counterpart.
-        let name = figure["name"].as_str().expect("name");
-        let ztunnel_only = ["cpu_s_per_gib", "cpu_us_per_rr", "rss_idle_20pods"];
-        check_figure(figure, !ztunnel_only.contains(&name));
-    }
+    check_ztunnel_figures(&figures, &names);
+}
+
+#[test]
+fn ztunnel_quick_json_with_policy_reports_every_figure() {
+    // Every connection to the server is authorized against 10 ALLOW rules
+    // (the client matches the last): the bench fails if the policy is not
+    // loaded or refuses the client.
+    let (figures, names) = quick_json_with("ztunnel", &["--policy"]);
+    check_ztunnel_figures(&figures, &names);
+}
+
+#[test]
+fn policy_flag_is_refused_outside_the_ztunnel_scenario() {
+    let out = Command::new(env!("CARGO_BIN_EXE_meshbench"))
+        .args(["crypto", "--quick", "--policy"])
+        .output()
+        .expect("run meshbench");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--policy"), "{stderr}");
 }

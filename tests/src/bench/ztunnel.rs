@@ -8,7 +8,13 @@
 //! inside the client pod's netns (switching its thread in and out, as
 //! ztunnel itself does, so the baseline pays the same cost) and the server
 //! side accepts on listeners made inside the server pod's netns.
+//!
+//! With `--policy` ([`Options::policy`]) the config also carries an ALLOW
+//! AuthorizationPolicy selecting the server with [`POLICY_RULES`] rules, of
+//! which only the last admits the bench client: every mesh connection makes
+//! the server's ztunnel evaluate all of them.
 
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
@@ -33,6 +39,49 @@ const SINK_PORT: u16 = 9000;
 const ECHO_PORT: u16 = 9001;
 /// Mesh pods on the client's node in `rss_idle_20pods`, the client included.
 const ENROLLED_PODS: usize = 20;
+/// Rules of the `--policy` AuthorizationPolicy.
+pub const POLICY_RULES: usize = 10;
+/// Its name (in namespace `default`), checked in the server ztunnel's config dump.
+const POLICY_NAME: &str = "bench-allow-client";
+/// ztunnel's admin server, in the node netns.
+const ADMIN_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 15000);
+
+/// How the `ztunnel` scenario runs.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Run only the figures whose name starts with this.
+    pub only: Option<String>,
+    /// Passed to both ztunnels (e.g. `--worker-threads 1`).
+    pub ztunnel_args: Vec<String>,
+    /// Put [`policy_yaml`] in the config: [`POLICY_RULES`] ALLOW rules on the server.
+    pub policy: bool,
+}
+
+/// One ALLOW AuthorizationPolicy selecting `app: server` with
+/// [`POLICY_RULES`] rules, each from a different identity on the bench
+/// ports; only the last rule's identity is the client's, so admitting a
+/// client connection evaluates every rule.
+pub fn policy_yaml() -> String {
+    let ports = format!("[\"{SINK_PORT}\", \"{ECHO_PORT}\"]");
+    let mut out =
+        String::from("---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n");
+    let _ = writeln!(out, "metadata: {{name: {POLICY_NAME}, namespace: default}}");
+    out.push_str("spec:\n  selector: {matchLabels: {app: server}}\n  action: ALLOW\n  rules:\n");
+    for i in 0..POLICY_RULES {
+        let sa = if i + 1 == POLICY_RULES {
+            "client".to_string()
+        } else {
+            format!("caller-{i}")
+        };
+        // writeln! into a String cannot fail.
+        let _ = writeln!(
+            out,
+            "    - from: [{{source: {{principals: [cluster.local/ns/default/sa/{sa}]}}}}]"
+        );
+        let _ = writeln!(out, "      to: [{{operation: {{ports: {ports}}}}}]");
+    }
+    out
+}
 
 /// Makes sockets inside one netns from the calling thread.
 struct NetnsSockets {
@@ -75,11 +124,15 @@ struct Path {
 
 type Reports = mpsc::UnboundedReceiver<io::Result<u64>>;
 
-fn build_mesh(ztunnel_args: &[String]) -> Result<Mesh> {
+fn build_mesh(ztunnel_args: &[String], policy: bool) -> Result<Mesh> {
     let mut builder = MeshBuilder::new()
         .nodes(2)
         .pod(PodSpec::new("client", 0).service_account("client"))
-        .pod(PodSpec::new("server", 1).service_account("server"))
+        .pod(
+            PodSpec::new("server", 1)
+                .service_account("server")
+                .label("app", "server"),
+        )
         .pod(PodSpec::new("client-plain", 0).mesh(false))
         .pod(PodSpec::new("server-plain", 1).mesh(false))
         // Access logs at info cost the mesh a little per connection, as
@@ -92,8 +145,63 @@ fn build_mesh(ztunnel_args: &[String]) -> Result<Mesh> {
         builder = builder.pod(PodSpec::new(format!("idle-{i}"), 0).service_account("idle"));
     }
     let mut mesh = builder.build()?;
+    if policy {
+        mesh.write_config_text(&format!("{}{}", mesh.render_config(), policy_yaml()))?;
+    }
     mesh.start()?;
+    if policy {
+        check_policy_loaded(&mesh)?;
+    }
     Ok(mesh)
+}
+
+/// The server's ztunnel holds the policy, enforced (not skipped), with
+/// all its rules: otherwise `--policy` would measure nothing.
+fn check_policy_loaded(mesh: &Mesh) -> Result<()> {
+    let dump = mesh
+        .node(1)
+        .http_get(SocketAddr::from(ADMIN_ADDR), "/config_dump")?;
+    ensure!(dump.status == 200, "config_dump: {}", dump.status);
+    let dump: serde_json::Value = serde_json::from_str(&dump.body)?;
+    let policies = dump["policies"]["authorizationPolicies"]
+        .as_array()
+        .context("config dump has no authorizationPolicies")?;
+    let ours = policies
+        .iter()
+        .find(|p| p["name"] == POLICY_NAME)
+        .context("the server's ztunnel did not load the bench policy")?;
+    ensure!(
+        ours.get("skipped").is_none_or(serde_json::Value::is_null),
+        "the bench policy is skipped: {}",
+        ours["skipped"]
+    );
+    let rules = ours["spec"]["rules"].as_array().map_or(0, Vec::len);
+    ensure!(
+        rules == POLICY_RULES,
+        "the bench policy has {rules} rules, not {POLICY_RULES}"
+    );
+    Ok(())
+}
+
+/// VmHWM (peak resident set) of `pid` in MiB.
+fn vm_hwm_mib(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .context("no VmHWM")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kib / 1024.0)
+}
+
+/// Resets `pid`'s VmHWM to its current RSS (`clear_refs` 5), so the next
+/// read is the peak of what ran in between.
+fn reset_vm_hwm(pid: u32) -> Result<()> {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+        .with_context(|| format!("reset the peak RSS of pid {pid}"))
 }
 
 /// Starts sink and echo servers in both server pods on the server side.
@@ -147,10 +255,10 @@ async fn bulk(path: &Path, reports: &mut Reports, bytes: u64) -> Result<f64> {
     Ok(gbps(bytes, start.elapsed().as_secs_f64()))
 }
 
-/// `ztunnel_args` are passed to both ztunnels (e.g. `--worker-threads 1`).
-pub fn run(scale: Scale, only: Option<&str>, ztunnel_args: &[String]) -> Result<Report> {
+pub fn run(scale: Scale, options: &Options) -> Result<Report> {
+    let only = options.only.as_deref();
     let wanted = |group: &str| only.is_none_or(|p| group.starts_with(p) || p.starts_with(group));
-    let mesh = build_mesh(ztunnel_args)?;
+    let mesh = build_mesh(&options.ztunnel_args, options.policy)?;
     let ztunnels: Vec<u32> = (0..2)
         .map(|n| mesh.ztunnel_pid(n).context("ztunnel not running"))
         .collect::<Result<_>>()?;
@@ -228,10 +336,14 @@ pub fn run(scale: Scale, only: Option<&str>, ztunnel_args: &[String]) -> Result<
         figures.push(Figure::new("cpu_us_per_rr", "µs", median(cpu), None, false));
     }
 
-    if wanted("connect_rate") {
+    if wanted("connect_rate") || wanted("peak_rss_connect") {
         let duration = Duration::from_millis(scale.pick(500, 2000));
         let pairs = [("client", "server"), ("client-plain", "server-plain")];
         let mut rates = [Vec::new(), Vec::new()];
+        // The server node's ztunnel: it accepts, authorizes (with
+        // `--policy`, every rule) and relays each new connection. Its peak
+        // from here on is what the connection bursts cost.
+        reset_vm_hwm(ztunnels[1])?;
         for _ in 0..runs {
             for ((client, server), out) in pairs.iter().zip(rates.iter_mut()) {
                 let p = Rc::new(path(client, server)?);
@@ -241,14 +353,20 @@ pub fn run(scale: Scale, only: Option<&str>, ztunnel_args: &[String]) -> Result<
                 }))?);
             }
         }
+        let peak = vm_hwm_mib(ztunnels[1])?;
         let [m, b] = rates;
-        figures.push(Figure::new(
-            "connect_rate",
-            "conn/s",
-            median(m),
-            Some(median(b)),
-            true,
-        ));
+        if wanted("connect_rate") {
+            figures.push(Figure::new(
+                "connect_rate",
+                "conn/s",
+                median(m),
+                Some(median(b)),
+                true,
+            ));
+        }
+        if wanted("peak_rss_connect") {
+            figures.push(Figure::new("peak_rss_connect", "MiB", peak, None, false));
+        }
     }
 
     if let Some(rss) = rss_idle {
@@ -260,4 +378,48 @@ pub fn run(scale: Scale, only: Option<&str>, ztunnel_args: &[String]) -> Result<
         scenario: "ztunnel".into(),
         figures,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use amesh_core::Identity;
+    use amesh_core::policy::{Connection, Decision};
+
+    use super::*;
+
+    #[test]
+    fn bench_policy_admits_only_listed_identities_on_the_bench_ports() {
+        let text = format!(
+            "workloads:\n  - uid: default/server\n    name: server\n    namespace: default\n    \
+             serviceAccount: server\n    node: node-1\n    ips: [10.244.1.2]\n    \
+             labels: {{app: server}}\n    protocol: HBONE\nservices: []\n{}",
+            policy_yaml()
+        );
+        let snapshot = amesh_core::config::parse(&text, Path::new("bench.yaml"), "cluster.local")
+            .expect("the bench policy parses");
+        let server = snapshot.workload_by_uid("default/server").expect("server");
+        let decide = |sa: &str, port: u16| {
+            let identity = Identity::new("cluster.local", "default", sa).expect("identity");
+            let conn = Connection {
+                src_ip: "10.244.0.2".parse().expect("ip"),
+                src_identity: Some(&identity),
+                dst_ip: "10.244.1.2".parse().expect("ip"),
+                dst_port: port,
+            };
+            matches!(
+                snapshot.policies().authorize(&conn, server),
+                Decision::Allow { .. }
+            )
+        };
+        assert!(decide("client", SINK_PORT));
+        assert!(decide("client", ECHO_PORT));
+        assert!(!decide("client", 22), "other ports are not allowed");
+        assert!(
+            !decide("idle", ECHO_PORT),
+            "other identities are not allowed"
+        );
+        assert_eq!(policy_yaml().matches("- from:").count(), POLICY_RULES);
+    }
 }

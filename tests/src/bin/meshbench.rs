@@ -1,7 +1,8 @@
 //! meshbench: amesh performance, each figure against the no-mesh baseline
 //! measured in the same run.
 //!
-//!     meshbench <scenario> [--quick] [--json]
+//!     meshbench <scenario> [--quick] [--json] [--only PREFIX]
+//!     meshbench ztunnel [--policy] [--ztunnel-arg=ARG ...]
 
 use amesh_tests::bench::{self, Scale};
 
@@ -26,6 +27,11 @@ struct Args {
     /// (repeatable), e.g. `--ztunnel-arg=--worker-threads --ztunnel-arg=1`.
     #[arg(long, allow_hyphen_values = true)]
     ztunnel_arg: Vec<String>,
+    /// `ztunnel` scenario: the config also carries an ALLOW AuthorizationPolicy
+    /// with 10 rules selecting the server (only the last admits the bench
+    /// client), so every connection evaluates all of them.
+    #[arg(long)]
+    policy: bool,
     /// Internal: run only the 8-connection transfer and print VmHWM (KiB).
     #[arg(long, hide = true)]
     rss_child: Option<String>,
@@ -46,16 +52,33 @@ fn main() -> Result<()> {
         writeln!(out, "{kib}")?;
         return Ok(());
     }
+    if args.policy && args.scenario != "ztunnel" {
+        bail!("--policy applies to the ztunnel scenario only");
+    }
     let report = match args.scenario.as_str() {
         "hbone" => bench::hbone::run(scale, args.only.as_deref())?,
         "crypto" => bench::crypto::run(scale)?,
-        "ztunnel" => bench::ztunnel::run(scale, args.only.as_deref(), &args.ztunnel_arg)?,
+        "ztunnel" => bench::ztunnel::run(
+            scale,
+            &bench::ztunnel::Options {
+                only: args.only.clone(),
+                ztunnel_args: args.ztunnel_arg.clone(),
+                policy: args.policy,
+            },
+        )?,
         other => bail!("unknown scenario {other:?}; available: hbone, crypto, ztunnel"),
     };
     if args.json {
         writeln!(out, "{}", report.to_json())?;
     } else {
         writeln!(out, "crypto provider: {}", amesh_core::tls::provider_name())?;
+        if args.policy {
+            writeln!(
+                out,
+                "policy: {} ALLOW rules on the server (the client matches the last)",
+                bench::ztunnel::POLICY_RULES
+            )?;
+        }
         write!(out, "{}", report.to_table())?;
     }
     Ok(())
