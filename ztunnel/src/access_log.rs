@@ -33,7 +33,23 @@ fn audited_list(audited: &[PolicyRef]) -> String {
         .join(",")
 }
 
-pub fn inbound(conn: Inbound<'_>, relayed: &Relayed, audited: &[PolicyRef], revoked: bool) {
+/// How an inbound connection ended.
+#[derive(Clone, Copy, Debug)]
+pub enum InboundEnd<'a> {
+    /// Relayed until either side closed.
+    Complete,
+    /// Relayed, then closed because a config change denies it.
+    Revoked,
+    /// Turned away before reaching the app, with the reason.
+    Refused(&'a str),
+}
+
+pub fn inbound(conn: Inbound<'_>, relayed: &Relayed, audited: &[PolicyRef], end: InboundEnd<'_>) {
+    let (outcome, reason) = match end {
+        InboundEnd::Complete => ("complete", ""),
+        InboundEnd::Revoked => ("complete", "closed: a config change denies it"),
+        InboundEnd::Refused(reason) => ("refused", reason),
+    };
     info!(
         direction = "inbound",
         src.addr = %conn.peer,
@@ -49,29 +65,9 @@ pub fn inbound(conn: Inbound<'_>, relayed: &Relayed, audited: &[PolicyRef], revo
         bytes_recv = relayed.sent,
         duration_ms = conn.start.elapsed().as_millis() as u64,
         audited = %audited_list(audited),
-        reason = if revoked { "closed: a config change denies it" } else { "" },
-        error = relayed.error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
-        "connection complete"
-    );
-}
-
-/// A connection into a pod turned away before reaching the app.
-pub fn inbound_refused(conn: Inbound<'_>, reason: &str) {
-    info!(
-        direction = "inbound",
-        src.addr = %conn.peer,
-        src.workload = conn.peer_workload.as_deref().unwrap_or(""),
-        src.identity = %conn.peer_identity.map(ToString::to_string).unwrap_or_default(),
-        dst.addr = %conn.target,
-        dst.workload = %conn.pod.name(),
-        dst.identity = %conn.pod.identity,
-        dst.service = conn.service.unwrap_or(""),
-        protocol = if conn.peer_identity.is_some() { "HBONE" } else { "TCP" },
-        bytes_sent = 0,
-        bytes_recv = 0,
-        duration_ms = conn.start.elapsed().as_millis() as u64,
         reason,
-        "connection refused"
+        error = relayed.error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
+        "connection {outcome}"
     );
 }
 

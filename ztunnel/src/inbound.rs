@@ -7,9 +7,11 @@ use std::time::Instant;
 use amesh_core::hbone::{ConnectHandler, InboundConnect, Rejection, Responder};
 use tracing::warn;
 
+use crate::access_log::InboundEnd;
 use crate::pod::Pod;
 use crate::proxy::Proxy;
 use crate::relay;
+use crate::relay::Relayed;
 use crate::socket::{self, Reach, Upstream};
 use crate::{access_log, authz, telemetry};
 
@@ -64,7 +66,12 @@ impl ConnectHandler for InboundHandler {
             Err(refusal) => {
                 responder.reject(Rejection::Denied);
                 proxy.metrics.denied(refusal.metric_reason());
-                access_log::inbound_refused(log_conn(), &refusal.to_string());
+                access_log::inbound(
+                    log_conn(),
+                    &Relayed::default(),
+                    &[],
+                    InboundEnd::Refused(&refusal.to_string()),
+                );
                 return;
             }
         };
@@ -107,12 +114,17 @@ impl ConnectHandler for InboundHandler {
         let counters = proxy.metrics.tcp().open_connection(&labels);
         let (relayed, revoked) = tokio::select! {
             _ = pod.cancel.cancelled() => return,
-            _ = live.revoked() => (relay::Relayed::default(), true),
+            _ = live.revoked() => (Relayed::default(), true),
             relayed = relay::tunnel_to_tcp(tunnel, app) => (relayed, false),
         };
         // Istio's names: received = request bytes, sent = response.
         counters.add_received(relayed.sent);
         counters.add_sent(relayed.received);
-        access_log::inbound(log_conn(), &relayed, &audited, revoked);
+        let end = if revoked {
+            InboundEnd::Revoked
+        } else {
+            InboundEnd::Complete
+        };
+        access_log::inbound(log_conn(), &relayed, &audited, end);
     }
 }

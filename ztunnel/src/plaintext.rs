@@ -11,9 +11,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
 
 use crate::accept::accept_loop;
+use crate::access_log::InboundEnd;
 use crate::pod::Pod;
 use crate::proxy::Proxy;
 use crate::relay;
+use crate::relay::Relayed;
 use crate::socket::{self, Reach, Upstream};
 use crate::{access_log, authz, telemetry};
 
@@ -60,7 +62,12 @@ async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, stream: TcpStream, peer: Socke
         Ok(audited) => audited,
         Err(refusal) => {
             proxy.metrics.denied(refusal.metric_reason());
-            access_log::inbound_refused(log_conn(), &refusal.to_string());
+            access_log::inbound(
+                log_conn(),
+                &Relayed::default(),
+                &[],
+                InboundEnd::Refused(&refusal.to_string()),
+            );
             return;
         }
     };
@@ -82,11 +89,16 @@ async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, stream: TcpStream, peer: Socke
     let labels = telemetry::inbound_labels(&snapshot, &pod, peer.ip(), None, target.port());
     let counters = proxy.metrics.tcp().open_connection(&labels);
     let (relayed, revoked) = tokio::select! {
-        _ = live.revoked() => (relay::Relayed::default(), true),
+        _ = live.revoked() => (Relayed::default(), true),
         relayed = relay::tcp_to_tcp(stream, app) => (relayed, false),
     };
     // Istio's names: received = request bytes, sent = response.
     counters.add_received(relayed.sent);
     counters.add_sent(relayed.received);
-    access_log::inbound(log_conn(), &relayed, &audited, revoked);
+    let end = if revoked {
+        InboundEnd::Revoked
+    } else {
+        InboundEnd::Complete
+    };
+    access_log::inbound(log_conn(), &relayed, &audited, end);
 }
