@@ -912,3 +912,43 @@ async fn admin_is_unreachable_from_pods_while_metrics_is_reachable() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_open_connection_shows_its_bytes_before_it_closes() {
+    let mut mesh = start(
+        MeshBuilder::new()
+            .nodes(2)
+            .pod(PodSpec::new("client", 0).service_account("client"))
+            .pod(PodSpec::new("server", 1).service_account("server")),
+    );
+    mesh.start_app("server", AppSpec::default().echo(ECHO))
+        .expect("app starts");
+    const BYTES: usize = 12_345;
+    let mut stream = mesh
+        .pod("client")
+        .connect(mesh.pod("server").addr(ECHO))
+        .await
+        .unwrap();
+    stream.write_all(&[b'l'; BYTES]).await.unwrap();
+    let mut back = vec![0_u8; BYTES];
+    tokio::time::timeout(IO_TIMEOUT, stream.read_exact(&mut back))
+        .await
+        .expect("echo in time")
+        .unwrap();
+    // Still open: both reporters already count what moved, none closed.
+    for (node, reporter) in [(0, "source"), (1, "destination")] {
+        let mut last = None;
+        let counted = poll_until(METRICS_TIMEOUT, format!("{reporter} bytes while open"), || {
+            let samples = scrape(&mesh, node)?;
+            last = pair_series(&samples, reporter, "client", "server")
+                .map_err(anyhow::Error::msg)?;
+            Ok(last.as_ref().is_some_and(|(_, c)| {
+                c.received == BYTES as f64 && c.sent == BYTES as f64
+            }))
+        });
+        counted.unwrap_or_else(|e| panic!("{e}: last seen {last:?}"));
+        let (_, counts) = last.unwrap();
+        assert_eq!((counts.opened, counts.closed), (1.0, 0.0), "{reporter}");
+    }
+    drop(stream);
+}

@@ -8,6 +8,7 @@ use amesh_core::hbone::{ConnectHandler, InboundConnect, Rejection, Responder};
 use tracing::warn;
 
 use crate::access_log::InboundEnd;
+use crate::metered::{Faces, Metered};
 use crate::pod::Pod;
 use crate::proxy::Proxy;
 use crate::relay;
@@ -112,14 +113,12 @@ impl ConnectHandler for InboundHandler {
         let labels =
             telemetry::inbound_labels(&snapshot, pod, src_ip, Some(&request.peer), target.port());
         let counters = proxy.metrics.tcp().open_connection(&labels);
+        let app = Metered::new(app, counters, Faces::Server);
         let (relayed, revoked) = tokio::select! {
             _ = pod.cancel.cancelled() => return,
             _ = live.revoked() => (Relayed::default(), true),
             relayed = relay::tunnel_to_tcp(tunnel, app) => (relayed, false),
         };
-        // Istio's names: received = request bytes, sent = response.
-        counters.add_received(relayed.sent);
-        counters.add_sent(relayed.received);
         let end = if revoked {
             InboundEnd::Revoked
         } else {

@@ -12,6 +12,7 @@ mod config_changes;
 mod inbound;
 mod live;
 mod logging;
+mod metered;
 mod netns;
 mod outbound;
 mod plaintext;

@@ -10,6 +10,7 @@ use tracing::warn;
 
 use crate::accept::accept_loop;
 use crate::access_log;
+use crate::metered::{Faces, Metered};
 use crate::pod::Pod;
 use crate::proxy::Proxy;
 use crate::relay;
@@ -87,10 +88,8 @@ async fn handle(
                         true,
                     );
                     let counters = proxy.metrics.tcp().open_connection(&labels);
-                    let relayed = relay::tcp_to_tunnel(stream, tunnel).await;
-                    // Istio's names: received = request bytes, sent = response.
-                    counters.add_received(relayed.sent);
-                    counters.add_sent(relayed.received);
+                    let client = Metered::new(stream, counters, Faces::Client);
+                    let relayed = relay::tcp_to_tunnel(client, tunnel).await;
                     access_log::outbound(
                         access_log::Outbound {
                             pod: &pod,
@@ -135,10 +134,8 @@ async fn handle(
                         false,
                     );
                     let counters = proxy.metrics.tcp().open_connection(&labels);
-                    let relayed = relay::tcp_to_tcp(stream, upstream).await;
-                    // Istio's names: received = request bytes, sent = response.
-                    counters.add_received(relayed.sent);
-                    counters.add_sent(relayed.received);
+                    let client = Metered::new(stream, counters, Faces::Client);
+                    let relayed = relay::tcp_to_tcp(client, upstream).await;
                     access_log::outbound(
                         access_log::Outbound {
                             pod: &pod,

@@ -12,6 +12,7 @@ use tracing::warn;
 
 use crate::accept::accept_loop;
 use crate::access_log::InboundEnd;
+use crate::metered::{Faces, Metered};
 use crate::pod::Pod;
 use crate::proxy::Proxy;
 use crate::relay;
@@ -88,13 +89,11 @@ async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, stream: TcpStream, peer: Socke
     };
     let labels = telemetry::inbound_labels(&snapshot, &pod, peer.ip(), None, target.port());
     let counters = proxy.metrics.tcp().open_connection(&labels);
+    let client = Metered::new(stream, counters, Faces::Client);
     let (relayed, revoked) = tokio::select! {
         _ = live.revoked() => (Relayed::default(), true),
-        relayed = relay::tcp_to_tcp(stream, app) => (relayed, false),
+        relayed = relay::tcp_to_tcp(client, app) => (relayed, false),
     };
-    // Istio's names: received = request bytes, sent = response.
-    counters.add_received(relayed.sent);
-    counters.add_sent(relayed.received);
     let end = if revoked {
         InboundEnd::Revoked
     } else {

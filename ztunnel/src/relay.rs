@@ -9,6 +9,7 @@ use tokio::io::copy_bidirectional;
 use tokio::net::TcpStream;
 
 use crate::busy_poll::tracked;
+use crate::metered::Metered;
 use crate::socket::reset_on_close;
 
 /// What one proxied connection moved, from its client's point of view.
@@ -21,11 +22,11 @@ pub struct Relayed {
     pub error: Option<io::Error>,
 }
 
-/// TCP ↔ HBONE tunnel, without user-space copies.
-pub async fn tcp_to_tunnel(mut tcp: TcpStream, mut tunnel: H2Stream) -> Relayed {
+/// TCP (the client) ↔ HBONE tunnel, without user-space copies: outbound.
+pub async fn tcp_to_tunnel(mut tcp: Metered, mut tunnel: H2Stream) -> Relayed {
     let outcome = tracked(amesh_core::hbone::relay(&mut tcp, &mut tunnel)).await;
     if outcome.error.as_ref().is_some_and(is_reset) {
-        reset_on_close(&tcp);
+        reset_on_close(tcp.tcp());
         tunnel.reset();
     }
     Relayed {
@@ -35,18 +36,22 @@ pub async fn tcp_to_tunnel(mut tcp: TcpStream, mut tunnel: H2Stream) -> Relayed 
     }
 }
 
-/// HBONE tunnel (the client side) ↔ TCP to the app: inbound.
-pub async fn tunnel_to_tcp(tunnel: H2Stream, app: TcpStream) -> Relayed {
-    let relayed = tcp_to_tunnel(app, tunnel).await;
+/// HBONE tunnel (the client) ↔ TCP to the app: inbound.
+pub async fn tunnel_to_tcp(mut tunnel: H2Stream, mut app: Metered) -> Relayed {
+    let outcome = tracked(amesh_core::hbone::relay(&mut app, &mut tunnel)).await;
+    if outcome.error.as_ref().is_some_and(is_reset) {
+        reset_on_close(app.tcp());
+        tunnel.reset();
+    }
     Relayed {
-        sent: relayed.received,
-        received: relayed.sent,
-        error: relayed.error,
+        sent: outcome.from_tunnel,
+        received: outcome.to_tunnel,
+        error: outcome.error,
     }
 }
 
-/// TCP ↔ TCP (passthrough, inbound plaintext).
-pub async fn tcp_to_tcp(mut client: TcpStream, mut upstream: TcpStream) -> Relayed {
+/// TCP (the client) ↔ TCP (passthrough, inbound plaintext).
+pub async fn tcp_to_tcp(mut client: Metered, mut upstream: TcpStream) -> Relayed {
     match tracked(copy_bidirectional(&mut client, &mut upstream)).await {
         Ok((sent, received)) => Relayed {
             sent,
@@ -55,12 +60,14 @@ pub async fn tcp_to_tcp(mut client: TcpStream, mut upstream: TcpStream) -> Relay
         },
         Err(err) => {
             if is_reset(&err) {
-                reset_on_close(&client);
+                reset_on_close(client.tcp());
                 reset_on_close(&upstream);
             }
+            // What reached each side before the error.
             Relayed {
+                sent: client.read_bytes(),
+                received: client.written_bytes(),
                 error: Some(err),
-                ..Relayed::default()
             }
         }
     }
