@@ -938,14 +938,18 @@ async fn an_open_connection_shows_its_bytes_before_it_closes() {
     // Still open: both reporters already count what moved, none closed.
     for (node, reporter) in [(0, "source"), (1, "destination")] {
         let mut last = None;
-        let counted = poll_until(METRICS_TIMEOUT, format!("{reporter} bytes while open"), || {
-            let samples = scrape(&mesh, node)?;
-            last = pair_series(&samples, reporter, "client", "server")
-                .map_err(anyhow::Error::msg)?;
-            Ok(last.as_ref().is_some_and(|(_, c)| {
-                c.received == BYTES as f64 && c.sent == BYTES as f64
-            }))
-        });
+        let counted = poll_until(
+            METRICS_TIMEOUT,
+            format!("{reporter} bytes while open"),
+            || {
+                let samples = scrape(&mesh, node)?;
+                last = pair_series(&samples, reporter, "client", "server")
+                    .map_err(anyhow::Error::msg)?;
+                Ok(last
+                    .as_ref()
+                    .is_some_and(|(_, c)| c.received == BYTES as f64 && c.sent == BYTES as f64))
+            },
+        );
         counted.unwrap_or_else(|e| panic!("{e}: last seen {last:?}"));
         let (_, counts) = last.unwrap();
         assert_eq!((counts.opened, counts.closed), (1.0, 0.0), "{reporter}");

@@ -44,6 +44,16 @@ pub enum InboundEnd<'a> {
     Refused(&'a str),
 }
 
+impl InboundEnd<'_> {
+    pub fn relayed(revoked: bool) -> Self {
+        if revoked {
+            InboundEnd::Revoked
+        } else {
+            InboundEnd::Complete
+        }
+    }
+}
+
 pub fn inbound(conn: Inbound<'_>, relayed: &Relayed, audited: &[PolicyRef], end: InboundEnd<'_>) {
     let (outcome, reason) = match end {
         InboundEnd::Complete => ("complete", ""),

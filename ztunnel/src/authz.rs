@@ -11,7 +11,10 @@ use amesh_core::config::{ConfigSnapshot, HealthStatus, Protocol, Workload};
 use amesh_core::metrics::DenyReason;
 use amesh_core::policy::{Connection, Decision, EffectiveMtls, PolicyRef};
 
-use crate::pod::PodInfo;
+use crate::access_log;
+use crate::pod::{Pod, PodInfo};
+use crate::proxy::Proxy;
+use crate::relay::Relayed;
 
 /// Why a connection may not reach the app.
 #[derive(Debug)]
@@ -64,6 +67,32 @@ pub fn dst_workload<'a>(
             waypoint: None,
             identity: identity.clone(),
         }),
+    }
+}
+
+/// [`admit`] for a connection into `pod`, with a refusal counted and
+/// logged (the caller then tells the client). `Some` carries the AUDIT
+/// policies that matched.
+pub fn admit_or_refuse(
+    proxy: &Proxy,
+    snapshot: &ConfigSnapshot,
+    pod: &Pod,
+    log: access_log::Inbound<'_>,
+) -> Option<Vec<PolicyRef>> {
+    let dst = dst_workload(snapshot, &pod.info, &pod.identity);
+    match admit(snapshot, &dst, log.peer.ip(), log.peer_identity, log.target) {
+        Ok(audited) => Some(audited),
+        Err(refusal) => {
+            proxy.metrics.denied(refusal.metric_reason());
+            let reason = refusal.to_string();
+            access_log::inbound(
+                log,
+                &Relayed::default(),
+                &[],
+                access_log::InboundEnd::Refused(&reason),
+            );
+            None
+        }
     }
 }
 

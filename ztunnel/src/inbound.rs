@@ -61,20 +61,9 @@ impl ConnectHandler for InboundHandler {
             service: service.as_deref(),
             start,
         };
-        let dst = authz::dst_workload(&snapshot, &pod.info, &pod.identity);
-        let audited = match authz::admit(&snapshot, &dst, src_ip, Some(&request.peer), target) {
-            Ok(audited) => audited,
-            Err(refusal) => {
-                responder.reject(Rejection::Denied);
-                proxy.metrics.denied(refusal.metric_reason());
-                access_log::inbound(
-                    log_conn(),
-                    &Relayed::default(),
-                    &[],
-                    InboundEnd::Refused(&refusal.to_string()),
-                );
-                return;
-            }
+        let Some(audited) = authz::admit_or_refuse(proxy, &snapshot, pod, log_conn()) else {
+            responder.reject(Rejection::Denied);
+            return;
         };
         // Registered before the app sees it: a policy change from here on
         // closes it.
@@ -119,11 +108,6 @@ impl ConnectHandler for InboundHandler {
             _ = live.revoked() => (Relayed::default(), true),
             relayed = relay::tunnel_to_tcp(tunnel, app) => (relayed, false),
         };
-        let end = if revoked {
-            InboundEnd::Revoked
-        } else {
-            InboundEnd::Complete
-        };
-        access_log::inbound(log_conn(), &relayed, &audited, end);
+        access_log::inbound(log_conn(), &relayed, &audited, InboundEnd::relayed(revoked));
     }
 }

@@ -58,19 +58,9 @@ async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, stream: TcpStream, peer: Socke
         service: service.as_deref(),
         start,
     };
-    let dst = authz::dst_workload(&snapshot, &pod.info, &pod.identity);
-    let audited = match authz::admit(&snapshot, &dst, peer.ip(), None, target) {
-        Ok(audited) => audited,
-        Err(refusal) => {
-            proxy.metrics.denied(refusal.metric_reason());
-            access_log::inbound(
-                log_conn(),
-                &Relayed::default(),
-                &[],
-                InboundEnd::Refused(&refusal.to_string()),
-            );
-            return;
-        }
+    // Refused: the client sees its connection closed.
+    let Some(audited) = authz::admit_or_refuse(&proxy, &snapshot, &pod, log_conn()) else {
+        return;
     };
     let live = proxy.live.register(&pod.info, peer.ip(), None, target);
     let upstream = Upstream {
@@ -94,10 +84,5 @@ async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, stream: TcpStream, peer: Socke
         _ = live.revoked() => (Relayed::default(), true),
         relayed = relay::tcp_to_tcp(client, app) => (relayed, false),
     };
-    let end = if revoked {
-        InboundEnd::Revoked
-    } else {
-        InboundEnd::Complete
-    };
-    access_log::inbound(log_conn(), &relayed, &audited, end);
+    access_log::inbound(log_conn(), &relayed, &audited, InboundEnd::relayed(revoked));
 }
