@@ -588,6 +588,22 @@ spec:
   mtls: {mode: STRICT}
 ";
 
+/// Polls node 0's readiness endpoint at `addr` until it answers 200
+/// "ready".
+fn wait_ready(mesh: &Mesh, addr: SocketAddr, timeout: Duration) {
+    let mut last = None;
+    let ready = poll_until(timeout, "readiness 200", || {
+        let resp = mesh.node(0).http_get(addr, "/healthz/ready")?;
+        let ok = resp.status == 200;
+        last = Some(resp);
+        Ok(ok)
+    });
+    if let Err(err) = ready {
+        panic!("{err}: {last:?}\n{}", mesh.daemon_logs(0));
+    }
+    assert_eq!(last.unwrap().body, "ready\n");
+}
+
 fn get_admin(mesh: &Mesh, node: usize, path: &str) -> HttpResponse {
     mesh.node(node)
         .http_get(admin_addr(), path)
@@ -631,17 +647,7 @@ async fn config_dump_has_workloads_certificates_and_policies_but_no_private_key(
 
     // Ready once the mesh is up.
     let ready_addr = SocketAddr::from((mesh.node(0).underlay_ip, READINESS_PORT));
-    let mut last = None;
-    let ready = poll_until(Duration::from_secs(10), "readiness 200", || {
-        let resp = mesh.node(0).http_get(ready_addr, "/healthz/ready")?;
-        let ok = resp.status == 200;
-        last = Some(resp);
-        Ok(ok)
-    });
-    if let Err(err) = ready {
-        panic!("{err}: {last:?}\n{}", mesh.daemon_logs(0));
-    }
-    assert_eq!(last.unwrap().body, "ready\n");
+    wait_ready(&mesh, ready_addr, Duration::from_secs(10));
 
     // Both pods' certificates are issued when their listeners come up;
     // wait (bounded) for both in the dump.
@@ -785,17 +791,7 @@ async fn readiness_is_503_until_the_node_agent_snapshot_then_200() {
     assert!(first.body.starts_with("not ready"), "{first:?}");
 
     mesh.start_agent(0).unwrap();
-    let mut last = None;
-    let ready = poll_until(Duration::from_secs(15), "readiness 200", || {
-        let resp = mesh.node(0).http_get(addr, "/healthz/ready")?;
-        let ok = resp.status == 200;
-        last = Some(resp);
-        Ok(ok)
-    });
-    if let Err(err) = ready {
-        panic!("{err}: {last:?}\n{}", mesh.daemon_logs(0));
-    }
-    assert_eq!(last.unwrap().body, "ready\n");
+    wait_ready(&mesh, addr, Duration::from_secs(15));
     mesh.wait_pod_ready("app", Duration::from_secs(10)).unwrap();
     assert!(
         mesh.ztunnel_log(0).contains("node agent snapshot received"),
