@@ -66,6 +66,36 @@ impl Netns {
         })
     }
 
+    /// The kernel's unique, never-reused id of this namespace (what
+    /// `bpf_get_netns_cookie` returns to eBPF programs): read through
+    /// SO_NETNS_COOKIE of a socket made inside it.
+    pub fn cookie(&self) -> std::io::Result<u64> {
+        self.run(|| {
+            let socket = nix::sys::socket::socket(
+                nix::sys::socket::AddressFamily::Unix,
+                nix::sys::socket::SockType::Datagram,
+                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+                None,
+            )?;
+            let mut cookie: u64 = 0;
+            let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+            // SAFETY: a valid socket fd and a u64 buffer of the stated size.
+            let rc = unsafe {
+                libc::getsockopt(
+                    socket.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_NETNS_COOKIE,
+                    (&raw mut cookie).cast(),
+                    &mut len,
+                )
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(cookie)
+        })?
+    }
+
     /// A command whose process runs inside this namespace.
     pub fn command(&self, program: &str) -> Command {
         let mut command = Command::new(program);

@@ -12,9 +12,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use amesh_cni::capture::ebpf::{self, DEFAULT_PIN_DIR};
 use amesh_cni::capture::{
-    Capture, CaptureConfig, DEFAULT_PROBE_SNAT_V4, DEFAULT_PROBE_SNAT_V6, NftablesCapture,
-    NodeProbeSnat,
+    Capture, CaptureConfig, DEFAULT_PROBE_SNAT_V4, DEFAULT_PROBE_SNAT_V6, EbpfCapture,
+    EbpfSettings, NftablesCapture, NodeProbeSnat,
 };
 use amesh_cni::enroll::{EnrollConfig, Enroller};
 use amesh_cni::uninstall::uninstall;
@@ -24,7 +25,7 @@ use amesh_core::zds::ZdsListener;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::info;
+use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 /// Bound on every ZDS wait (hello, each message, each ack).
@@ -54,9 +55,15 @@ enum Command {
     Uninstall(UninstallArgs),
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum CaptureBackend {
+    /// cgroup connect/sockopt/sockops and sk_lookup programs: no netfilter,
+    /// no conntrack.
+    Ebpf,
+    /// nftables redirect rules and conntrack in each pod.
     Nftables,
+    /// eBPF when the kernel has what it needs, else nftables.
+    Auto,
 }
 
 #[derive(Debug, Args)]
@@ -72,8 +79,15 @@ struct RunArgs {
     zds_socket: Option<PathBuf>,
     #[arg(long, default_value = "/var/run/netns")]
     netns_dir: PathBuf,
-    #[arg(long, value_enum, default_value = "nftables")]
+    #[arg(long, value_enum, default_value = "auto")]
     capture: CaptureBackend,
+    /// bpffs directory for the eBPF backend's programs, links and maps.
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
+    bpf_pin_dir: PathBuf,
+    /// eBPF backend: pass bytes between the app and ztunnel in one pod
+    /// socket to socket (sockmap) instead of through loopback TCP.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    short_circuit: bool,
     #[arg(long, default_value_t = 15001)]
     outbound_port: u16,
     #[arg(long, default_value_t = 15006)]
@@ -97,6 +111,9 @@ struct UninstallArgs {
     /// Only this node's workloads (default: every workload in the config).
     #[arg(long)]
     node: Option<String>,
+    /// The eBPF backend's pins, removed entirely (detaching its programs).
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
+    bpf_pin_dir: PathBuf,
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
 }
@@ -132,9 +149,12 @@ async fn run_agent(args: RunArgs) -> anyhow::Result<()> {
         probe_snat_v4: args.probe_snat_ip,
         probe_snat_v6: args.probe_snat_ip6,
     };
-    let capture: Arc<dyn Capture> = match args.capture {
-        CaptureBackend::Nftables => Arc::new(NftablesCapture::new(capture_config.clone())),
+    let ebpf_settings = EbpfSettings {
+        pin_dir: args.bpf_pin_dir.clone(),
+        short_circuit: args.short_circuit,
+        netns_dir: args.netns_dir.clone(),
     };
+    let capture = select_backend(args.capture, &capture_config, &ebpf_settings)?;
     let watcher = ConfigWatcher::start(WatchConfig::new(&config_path, &args.trust_domain))
         .with_context(|| format!("loading {}", config_path.display()))?;
     let listener = ZdsListener::bind(&zds_socket)
@@ -166,6 +186,41 @@ async fn run_agent(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The capture backend `choice` names; `auto` falls back to nftables,
+/// saying why, when the kernel cannot run the eBPF programs.
+fn select_backend(
+    choice: CaptureBackend,
+    config: &CaptureConfig,
+    settings: &EbpfSettings,
+) -> anyhow::Result<Arc<dyn Capture>> {
+    let nftables = || Arc::new(NftablesCapture::new(config.clone())) as Arc<dyn Capture>;
+    match choice {
+        CaptureBackend::Nftables => {
+            info!(backend = "nftables", "capture backend chosen by flag");
+            Ok(nftables())
+        }
+        CaptureBackend::Ebpf => {
+            let capture = EbpfCapture::load(config, settings)
+                .context("eBPF capture backend (--capture ebpf)")?;
+            info!(backend = "ebpf", "capture backend chosen by flag");
+            Ok(Arc::new(capture))
+        }
+        CaptureBackend::Auto => match EbpfCapture::load(config, settings) {
+            Ok(capture) => {
+                info!(
+                    backend = "ebpf",
+                    "capture backend: eBPF (auto: the kernel has every feature it needs)"
+                );
+                Ok(Arc::new(capture))
+            }
+            Err(err) => {
+                warn!(backend = "nftables", reason = %err, "capture backend: nftables (auto: eBPF unavailable)");
+                Ok(nftables())
+            }
+        },
+    }
+}
+
 fn run_uninstall(args: UninstallArgs) -> anyhow::Result<()> {
     let snapshot = load_file(&args.config, &args.trust_domain)
         .with_context(|| format!("loading {}", args.config.display()))?;
@@ -185,6 +240,11 @@ fn run_uninstall(args: UninstallArgs) -> anyhow::Result<()> {
         failed = report.failed,
         "uninstall finished"
     );
+    // Pods first (their routes), then every program and map of the eBPF
+    // backend (its links' pins are all that keep the programs attached).
+    ebpf::uninstall(&args.bpf_pin_dir)
+        .with_context(|| format!("removing {}", args.bpf_pin_dir.display()))?;
+    info!(pins = %args.bpf_pin_dir.display(), "eBPF pins removed");
     anyhow::ensure!(report.failed == 0, "{} removals failed", report.failed);
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! kubelet probes SNATed to the probe address on the node pass uncaptured.
 
 mod cmd;
+pub mod ebpf;
 pub mod nftables;
 pub mod node;
 mod policy_route;
@@ -15,6 +16,7 @@ mod policy_route;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
+pub use ebpf::{EbpfCapture, EbpfSettings};
 pub use nftables::NftablesCapture;
 pub use node::NodeProbeSnat;
 
@@ -118,4 +120,18 @@ pub enum CaptureError {
     /// The blocking task running a backend panicked or was cancelled.
     #[error("capture task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Ebpf(Box<ebpf::EbpfError>),
+}
+
+/// IPv6 policy routing is required for pods with IPv6 addresses; elsewhere
+/// it is best effort (a netns may have IPv6 disabled, or `lo` down).
+pub(crate) fn ipv6_step(pod: &PodNetns, result: Result<(), CaptureError>) -> Result<(), CaptureError> {
+    match result {
+        Err(err) if !pod.has_ipv6() => {
+            tracing::debug!(netns = %pod.name, error = %err, "IPv6 policy routing skipped (pod has no IPv6 address)");
+            Ok(())
+        }
+        other => other,
+    }
 }

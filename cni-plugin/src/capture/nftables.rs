@@ -152,25 +152,13 @@ fn open(pod: &PodNetns) -> Result<Netns, CaptureError> {
     })
 }
 
-/// IPv6 policy routing is required for pods with IPv6 addresses; elsewhere
-/// it is best effort (a netns may have IPv6 disabled, or `lo` down).
-fn ipv6_step(pod: &PodNetns, result: Result<(), CaptureError>) -> Result<(), CaptureError> {
-    match result {
-        Err(err) if !pod.has_ipv6() => {
-            debug!(netns = %pod.name, error = %err, "IPv6 policy routing skipped (pod has no IPv6 address)");
-            Ok(())
-        }
-        other => other,
-    }
-}
-
 impl Capture for NftablesCapture {
     fn install(&self, pod: &PodNetns) -> Result<(), CaptureError> {
         let netns = open(pod)?;
         // The return path first: once the nft table exists, connections are
         // captured and their replies need it.
         policy_route::ensure(&netns, Family::V4)?;
-        ipv6_step(pod, policy_route::ensure(&netns, Family::V6))?;
+        super::ipv6_step(pod, policy_route::ensure(&netns, Family::V6))?;
         run(Some(&netns), "nft", &["-f", "-"], Some(&self.script()))?;
         debug!(netns = %pod.name, "nftables capture installed");
         Ok(())
@@ -181,7 +169,7 @@ impl Capture for NftablesCapture {
         let script = format!("add table inet {TABLE}\ndelete table inet {TABLE}\n");
         run(Some(&netns), "nft", &["-f", "-"], Some(&script))?;
         policy_route::remove(&netns, Family::V4)?;
-        ipv6_step(pod, policy_route::remove(&netns, Family::V6))?;
+        super::ipv6_step(pod, policy_route::remove(&netns, Family::V6))?;
         debug!(netns = %pod.name, "nftables capture removed");
         Ok(())
     }

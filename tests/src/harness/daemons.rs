@@ -35,6 +35,11 @@ impl Mesh {
         self.node_dir(node).join("ztunnel.sock")
     }
 
+    /// Node `node`'s agent's bpffs pin dir (eBPF backend).
+    pub fn bpf_pin_dir(&self, node: usize) -> PathBuf {
+        super::capture::pin_dir(&self.prefix, node)
+    }
+
     /// The CA directory all ztunnels share, so every node trusts one root.
     pub fn ca_dir(&self) -> PathBuf {
         self.dir.join("ca")
@@ -69,7 +74,14 @@ impl Mesh {
     }
 
     fn agent_spec(&self, node: usize) -> Result<ProcessSpec> {
-        let mut extra: Vec<OsString> = vec!["--netns-dir".into(), NETNS_DIR.into()];
+        let mut extra: Vec<OsString> = vec![
+            "--netns-dir".into(),
+            NETNS_DIR.into(),
+            "--capture".into(),
+            self.daemons.capture.as_arg().into(),
+            "--bpf-pin-dir".into(),
+            self.bpf_pin_dir(node).into(),
+        ];
         extra.extend(self.daemons.agent_args.iter().map(OsString::from));
         self.daemon_spec(node, AGENT_BIN, extra)
     }

@@ -17,6 +17,7 @@
 //! while a panic unwinds.
 
 mod apps;
+mod capture;
 mod client;
 mod config;
 mod daemons;
@@ -34,6 +35,7 @@ mod upgrade;
 mod wait;
 
 pub use apps::AppSpec;
+pub use capture::{BPF_TEST_ROOT, Capture, pin_dir};
 pub use config::write_atomic;
 pub use daemons::{AGENT_BIN, HBONE_PORT, ZTUNNEL_BIN};
 pub use http::{HTTP_TIMEOUT, HttpResponse};

@@ -27,7 +27,7 @@ pub fn leftovers(prefix: &str) -> Vec<String> {
 }
 
 /// The pid encoded in a harness netns name, if it is one.
-fn owner_pid(name: &str) -> Option<u32> {
+pub(super) fn owner_pid(name: &str) -> Option<u32> {
     let rest = name.strip_prefix(NETNS_PREFIX)?;
     let (pid, _) = rest.split_once('x')?;
     pid.parse().ok()
@@ -50,6 +50,7 @@ pub fn remove_stale() {
         // Another process may be removing the same ones: errors are expected.
         let _ = netns::delete_all(&stale);
     }
+    super::capture::remove_stale_pins();
 }
 
 #[cfg(test)]

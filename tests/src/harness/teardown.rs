@@ -52,6 +52,8 @@ impl Drop for Mesh {
         if let Err(e) = netns::delete_all(&self.created_netns) {
             eprintln!("mesh {}: deleting namespaces: {e:#}", self.prefix);
         }
+        // Unpinning detaches the eBPF backend's programs from the cgroup.
+        super::capture::remove_pins(&self.prefix);
         if std::env::var_os(KEEP_ENV).is_some()
             && let Some(tmp) = self.tmp.take()
         {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tempfile::TempDir;
 
+use super::capture::Capture;
 use super::process::Process;
 use super::{config, naming, netns, network};
 
@@ -218,6 +219,7 @@ pub(super) struct DaemonSettings {
     pub ztunnel_args: Vec<String>,
     pub agent_args: Vec<String>,
     pub ready_timeout: Duration,
+    pub capture: Capture,
 }
 
 /// Per node: the two daemons, once started.
@@ -256,6 +258,7 @@ impl MeshBuilder {
                 ztunnel_args: Vec::new(),
                 agent_args: Vec::new(),
                 ready_timeout: Duration::from_secs(30),
+                capture: Capture::from_env(),
             },
         }
     }
@@ -297,6 +300,13 @@ impl MeshBuilder {
     /// An extra command-line argument for every node agent.
     pub fn agent_arg(mut self, arg: impl Into<String>) -> Self {
         self.daemons.agent_args.push(arg.into());
+        self
+    }
+
+    /// The node agents' capture backend (default: `AMESH_TEST_CAPTURE`,
+    /// else nftables).
+    pub fn capture(mut self, capture: Capture) -> Self {
+        self.daemons.capture = capture;
         self
     }
 
@@ -392,6 +402,10 @@ impl Mesh {
     /// The mesh's temp dir: config, CA, sockets, logs.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    pub fn capture(&self) -> Capture {
+        self.daemons.capture
     }
 
     pub fn config_path(&self) -> &Path {
