@@ -9,6 +9,8 @@ scripts/setup.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+# The eBPF crate is its own workspace (built for bpfel-unknown-none).
+(cd ebpf && cargo fmt -- --check)
 
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings

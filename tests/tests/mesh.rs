@@ -1,11 +1,14 @@
 //! End to end: ztunnel and the node agent as real processes, pods as network
-//! namespaces, capture by nftables in each pod, HBONE between nodes.
+//! namespaces, capture by nftables or eBPF in each pod (every test runs with
+//! both), HBONE between nodes.
 //!
 //! Needs root (network namespaces, nftables), as CI has. Every test builds
 //! its own mesh; dropping it removes everything, also on failure.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use amesh_tests::harness::Capture;
+use rstest_reuse::{apply, template};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -14,6 +17,14 @@ use amesh_tests::harness::{
 };
 use rand::{RngCore, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Every test below runs once per capture backend (`::case_1_nftables`,
+/// `::case_2_ebpf`).
+#[template]
+#[rstest::rstest]
+#[case::nftables(Capture::Nftables)]
+#[case::ebpf(Capture::Ebpf)]
+fn backends(#[case] capture: Capture) {}
 
 const WHOAMI: u16 = 7000;
 const ECHO: u16 = 7001;
@@ -86,10 +97,12 @@ fn start(builder: MeshBuilder, apps: &[&str]) -> Mesh {
     mesh
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn pod_to_pod_on_one_node_and_across_nodes_goes_over_hbone() {
+async fn pod_to_pod_on_one_node_and_across_nodes_goes_over_hbone(#[case] capture: Capture) {
     let mesh = start(
         MeshBuilder::new()
+            .capture(capture)
             .nodes(2)
             .pod(pod("client", 0))
             .pod(pod("near", 0))
@@ -129,10 +142,60 @@ async fn pod_to_pod_on_one_node_and_across_nodes_goes_over_hbone() {
     }
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn service_vip_spreads_connections_across_endpoints() {
+async fn the_app_sees_the_address_it_dialled_and_the_server_sees_the_client(
+    #[case] capture: Capture,
+) {
     let mesh = start(
         MeshBuilder::new()
+            .capture(capture)
+            .nodes(2)
+            .pod(pod("client", 0))
+            .pod(pod("near", 0))
+            .pod(pod("far", 1)),
+        &["near", "far"],
+    );
+    let client = mesh.pod("client").clone();
+    for target in ["near", "far"] {
+        let server = mesh.pod(target);
+        for dst in [server.addr(WHOAMI), server.addr6(WHOAMI)] {
+            let mut stream = client.connect(dst).await.unwrap();
+            // getpeername: what the app dialled, not ztunnel's listener.
+            assert_eq!(
+                stream.peer_addr().unwrap(),
+                dst,
+                "peer address seen by the app"
+            );
+            let local = stream.local_addr().unwrap().ip();
+            let expected_local: std::net::IpAddr = if dst.is_ipv4() {
+                client.ip.into()
+            } else {
+                client.ip6().into()
+            };
+            assert_eq!(local, expected_local, "the app's own address");
+            let mut line = String::new();
+            tokio::time::timeout(IO_TIMEOUT, stream.read_to_string(&mut line))
+                .await
+                .unwrap()
+                .unwrap();
+            let (name, peer) = parse_whoami(&line);
+            assert_eq!(name, target);
+            assert_eq!(
+                peer,
+                expected_local.to_string(),
+                "client address seen by the server"
+            );
+        }
+    }
+}
+
+#[apply(backends)]
+#[tokio::test]
+async fn service_vip_spreads_connections_across_endpoints(#[case] capture: Capture) {
+    let mesh = start(
+        MeshBuilder::new()
+            .capture(capture)
             .nodes(2)
             .pod(pod("client", 0))
             .pod(pod("echo-0", 0))
@@ -163,10 +226,14 @@ async fn service_vip_spreads_connections_across_endpoints() {
     );
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn mesh_to_non_mesh_passes_through_and_non_mesh_to_mesh_reaches_the_app() {
+async fn mesh_to_non_mesh_passes_through_and_non_mesh_to_mesh_reaches_the_app(
+    #[case] capture: Capture,
+) {
     let mesh = start(
         MeshBuilder::new()
+            .capture(capture)
             .nodes(2)
             .pod(pod("client", 0))
             .pod(pod("meshed", 1))
@@ -212,9 +279,13 @@ async fn mesh_to_non_mesh_passes_through_and_non_mesh_to_mesh_reaches_the_app() 
     );
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn kubelet_probe_from_the_node_reaches_the_app_uncaptured() {
-    let mut mesh = start(MeshBuilder::new().pod(pod("app", 0)), &["app"]);
+async fn kubelet_probe_from_the_node_reaches_the_app_uncaptured(#[case] capture: Capture) {
+    let mut mesh = start(
+        MeshBuilder::new().capture(capture).pod(pod("app", 0)),
+        &["app"],
+    );
     let addr = mesh.pod("app").addr(WHOAMI);
     let mut stream = mesh.node(0).connect(addr).await.expect("probe connects");
     let mut line = String::new();
@@ -247,10 +318,12 @@ async fn kubelet_probe_from_the_node_reaches_the_app_uncaptured() {
     );
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn hundred_mib_each_way_arrive_intact() {
+async fn hundred_mib_each_way_arrive_intact(#[case] capture: Capture) {
     let mesh = start(
         MeshBuilder::new()
+            .capture(capture)
             .nodes(2)
             .pod(pod("client", 0))
             .pod(pod("server", 1)),
@@ -321,10 +394,12 @@ async fn assert_no_app(mesh: &Mesh, from: &str, addr: SocketAddr) {
     }
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn ztunnel_restart_never_bypasses_capture_and_recovers_quickly() {
+async fn ztunnel_restart_never_bypasses_capture_and_recovers_quickly(#[case] capture: Capture) {
     let mut mesh = start(
         MeshBuilder::new()
+            .capture(capture)
             .nodes(2)
             .pod(pod("client", 0))
             .pod(pod("server", 1))
@@ -382,30 +457,53 @@ async fn ztunnel_restart_never_bypasses_capture_and_recovers_quickly() {
     }
 }
 
+/// What capture put in the pod's netns (and, for eBPF, the agent's pins).
 fn capture_state(mesh: &Mesh, pod: &str) -> String {
     let p = mesh.pod(pod);
-    let nft = p.run("nft", &["list", "ruleset"]).unwrap();
-    let rules = p.run("ip", &["rule", "list"]).unwrap();
-    let routes = p.run("ip", &["route", "list", "table", "100"]).unwrap();
+    let stdout = |program: &str, args: &[&str]| {
+        String::from_utf8_lossy(&p.run(program, args).unwrap().stdout).into_owned()
+    };
+    let backend = match mesh.capture() {
+        Capture::Nftables => stdout("nft", &["list", "ruleset"]),
+        Capture::Ebpf | Capture::Auto => {
+            let pin = mesh.bpf_pin_dir(p.node).join("pods").join(&p.netns);
+            format!(
+                "sk_lookup link pinned: {}\ntcp_fwmark_accept={}",
+                pin.exists(),
+                stdout("sysctl", &["-n", "net.ipv4.tcp_fwmark_accept"]).trim()
+            )
+        }
+    };
     format!(
-        "{}\n{}\n{}",
-        String::from_utf8_lossy(&nft.stdout),
-        String::from_utf8_lossy(&rules.stdout),
-        String::from_utf8_lossy(&routes.stdout)
+        "{backend}\n{}\n{}",
+        stdout("ip", &["rule", "list"]),
+        stdout("ip", &["route", "list", "table", "100"])
     )
 }
 
+/// Whether `state` (from [`capture_state`]) shows the redirects in place.
+fn redirects_installed(mesh: &Mesh, state: &str) -> bool {
+    match mesh.capture() {
+        Capture::Nftables => state.contains("15006") && state.contains("15001"),
+        Capture::Ebpf | Capture::Auto => {
+            state.contains("sk_lookup link pinned: true") && state.contains("tcp_fwmark_accept=1")
+        }
+    }
+}
+
+#[apply(backends)]
 #[tokio::test]
-async fn agent_restart_keeps_capture_and_adds_nothing_twice() {
+async fn agent_restart_keeps_capture_and_adds_nothing_twice(#[case] capture: Capture) {
     let mut mesh = start(
         MeshBuilder::new()
+            .capture(capture)
             .pod(pod("client", 0))
             .pod(pod("server", 0)),
         &["server"],
     );
     let before = capture_state(&mesh, "server");
     assert!(
-        before.contains("15006") && before.contains("15001"),
+        redirects_installed(&mesh, &before),
         "capture installed:\n{before}"
     );
     mesh.restart_agent(0).unwrap();
@@ -436,10 +534,12 @@ async fn agent_restart_keeps_capture_and_adds_nothing_twice() {
     assert_eq!(parse_whoami(&line).0, "server");
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn removed_pod_loses_its_rules_and_listeners() {
+async fn removed_pod_loses_its_rules_and_listeners(#[case] capture: Capture) {
     let mut mesh = start(
         MeshBuilder::new()
+            .capture(capture)
             .pod(pod("client", 0))
             .pod(pod("leaving", 0)),
         &["leaving"],
@@ -456,7 +556,7 @@ async fn removed_pod_loses_its_rules_and_listeners() {
     mesh.wait_pod_not_listening("leaving", IO_TIMEOUT).unwrap();
     poll_until(LOG_TIMEOUT, "capture removed", || {
         let state = capture_state(&mesh, "leaving");
-        Ok(!state.contains("15006") && !state.contains("lookup 100"))
+        Ok(!redirects_installed(&mesh, &state) && !state.contains("lookup 100"))
     })
     .unwrap_or_else(|e| {
         panic!(
@@ -476,10 +576,12 @@ async fn removed_pod_loses_its_rules_and_listeners() {
     wait_ztunnel_log(&mesh, 0, &["pod removed", "default/client"]);
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn config_changes_apply_live_and_a_malformed_config_is_refused() {
+async fn config_changes_apply_live_and_a_malformed_config_is_refused(#[case] capture: Capture) {
     let mut mesh = start(
         MeshBuilder::new()
+            .capture(capture)
             .nodes(2)
             .pod(pod("client", 0))
             .pod(pod("server", 1)),
@@ -532,10 +634,12 @@ async fn config_changes_apply_live_and_a_malformed_config_is_refused() {
     assert_eq!(parse_whoami(&line).0, "server");
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn ipv6_is_captured_and_tunnelled_like_ipv4() {
+async fn ipv6_is_captured_and_tunnelled_like_ipv4(#[case] capture: Capture) {
     let mesh = start(
         MeshBuilder::new()
+            .capture(capture)
             .nodes(2)
             .pod(pod("client", 0))
             .pod(pod("server", 1))
@@ -589,8 +693,9 @@ impl amesh_core::hbone::Dialer for FromPod {
     }
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn inbound_hbone_refuses_targets_that_are_not_the_pod_with_400() {
+async fn inbound_hbone_refuses_targets_that_are_not_the_pod_with_400(#[case] capture: Capture) {
     use std::sync::Arc;
 
     use amesh_core::certs::{CertStore, CertStoreConfig, LocalCa};
@@ -598,6 +703,7 @@ async fn inbound_hbone_refuses_targets_that_are_not_the_pod_with_400() {
 
     let mesh = start(
         MeshBuilder::new()
+            .capture(capture)
             .nodes(2)
             .pod(pod("server", 1))
             .pod(pod("other", 1))
@@ -690,12 +796,14 @@ fn worker_states(pid: u32) -> Vec<char> {
         .collect()
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn busy_polling_spins_only_after_work_and_carries_traffic() {
+async fn busy_polling_spins_only_after_work_and_carries_traffic(#[case] capture: Capture) {
     // Long enough to observe the spin after the traffic stops.
     const WINDOW: Duration = Duration::from_secs(2);
     let mesh = start(
         MeshBuilder::new()
+            .capture(capture)
             .nodes(2)
             .pod(pod("client", 0))
             .pod(pod("server", 1))

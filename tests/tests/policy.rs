@@ -6,12 +6,22 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use amesh_tests::harness::Capture;
+use rstest_reuse::{apply, template};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use amesh_tests::harness::{AppSpec, Mesh, MeshBuilder, PodSpec, poll_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
+
+/// Every test below runs once per capture backend (`::case_1_nftables`,
+/// `::case_2_ebpf`).
+#[template]
+#[rstest::rstest]
+#[case::nftables(Capture::Nftables)]
+#[case::ebpf(Capture::Ebpf)]
+fn backends(#[case] capture: Capture) {}
 
 const WHOAMI: u16 = 7000;
 const ECHO: u16 = 7001;
@@ -198,9 +208,11 @@ fn authz(ns: &str, name: &str, spec: &str) -> String {
     )
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn authorization_rules_are_evaluated_as_istio_does() {
+async fn authorization_rules_are_evaluated_as_istio_does(#[case] capture: Capture) {
     let mut mesh = MeshBuilder::new()
+        .capture(capture)
         .nodes(2)
         .pod(
             PodSpec::new("server", 1)
@@ -370,9 +382,13 @@ async fn authorization_rules_are_evaluated_as_istio_does() {
     wait_log(&mesh, 1, &["connection refused", "need a waypoint"]);
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn a_policy_change_closes_a_now_denied_open_connection_within_a_second() {
+async fn a_policy_change_closes_a_now_denied_open_connection_within_a_second(
+    #[case] capture: Capture,
+) {
     let mut mesh = MeshBuilder::new()
+        .capture(capture)
         .nodes(2)
         .pod(PodSpec::new("server", 1).service_account("server"))
         .pod(PodSpec::new("a", 0).service_account("a"))
@@ -434,9 +450,11 @@ async fn a_policy_change_closes_a_now_denied_open_connection_within_a_second() {
     );
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn ipv6_connections_get_the_same_policy_as_ipv4() {
+async fn ipv6_connections_get_the_same_policy_as_ipv4(#[case] capture: Capture) {
     let mut mesh = MeshBuilder::new()
+        .capture(capture)
         .nodes(2)
         .pod(PodSpec::new("server", 1).service_account("server"))
         .pod(PodSpec::new("a", 0).service_account("a"))

@@ -14,6 +14,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use amesh_tests::harness::Capture;
+use rstest_reuse::{apply, template};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -24,6 +26,14 @@ use amesh_tests::harness::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+
+/// Every test below runs once per capture backend (`::case_1_nftables`,
+/// `::case_2_ebpf`).
+#[template]
+#[rstest::rstest]
+#[case::nftables(Capture::Nftables)]
+#[case::ebpf(Capture::Ebpf)]
+fn backends(#[case] capture: Capture) {}
 
 const METRICS_PORT: u16 = 15020;
 const READINESS_PORT: u16 = 15021;
@@ -349,11 +359,15 @@ async fn serve_once(listener: TcpListener) -> std::io::Result<usize> {
     Ok(request.len())
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn tcp_metrics_count_the_bytes_each_way_with_proven_identities_at_both_ends() {
+async fn tcp_metrics_count_the_bytes_each_way_with_proven_identities_at_both_ends(
+    #[case] capture: Capture,
+) {
     const NS: &str = "shop";
     let mesh = start(
         MeshBuilder::new()
+            .capture(capture)
             .nodes(2)
             .pod(
                 PodSpec::new("client", 0)
@@ -489,10 +503,12 @@ async fn echo_through(mesh: &Mesh, pod: &str, addr: SocketAddr, bytes: usize) {
     assert_eq!(got, bytes, "{pod}: echo returned everything");
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn a_deleted_workload_takes_its_series_with_it_and_others_stay() {
+async fn a_deleted_workload_takes_its_series_with_it_and_others_stay(#[case] capture: Capture) {
     let mut mesh = start(
         MeshBuilder::new()
+            .capture(capture)
             .nodes(2)
             .pod(PodSpec::new("doomed", 0).service_account("doomed"))
             .pod(PodSpec::new("keeper", 0).service_account("keeper"))
@@ -626,9 +642,13 @@ fn names(list: &serde_json::Value, key: &str) -> BTreeSet<String> {
         .collect()
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn config_dump_has_workloads_certificates_and_policies_but_no_private_key() {
+async fn config_dump_has_workloads_certificates_and_policies_but_no_private_key(
+    #[case] capture: Capture,
+) {
     let mut mesh = MeshBuilder::new()
+        .capture(capture)
         .pod(
             PodSpec::new("client", 0)
                 .service_account("client")
@@ -761,9 +781,11 @@ async fn config_dump_has_workloads_certificates_and_policies_but_no_private_key(
     }
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn readiness_is_503_until_the_node_agent_snapshot_then_200() {
+async fn readiness_is_503_until_the_node_agent_snapshot_then_200(#[case] capture: Capture) {
     let mut mesh = MeshBuilder::new()
+        .capture(capture)
         .pod(PodSpec::new("app", 0))
         .build()
         .expect("mesh builds");
@@ -799,9 +821,14 @@ async fn readiness_is_503_until_the_node_agent_snapshot_then_200() {
     );
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn logging_level_is_shown_changed_and_bad_filters_are_refused() {
-    let mesh = start(MeshBuilder::new().pod(PodSpec::new("app", 0)));
+async fn logging_level_is_shown_changed_and_bad_filters_are_refused(#[case] capture: Capture) {
+    let mesh = start(
+        MeshBuilder::new()
+            .capture(capture)
+            .pod(PodSpec::new("app", 0)),
+    );
     let node = mesh.node(0);
     let initial = get_admin(&mesh, 0, "/logging");
     assert_eq!(initial.status, 200, "{initial:?}");
@@ -851,10 +878,12 @@ async fn logging_level_is_shown_changed_and_bad_filters_are_refused() {
 // ---------------------------------------------------------------------------
 // (d) admin only on the node's loopback
 
+#[apply(backends)]
 #[tokio::test]
-async fn admin_is_unreachable_from_pods_while_metrics_is_reachable() {
+async fn admin_is_unreachable_from_pods_while_metrics_is_reachable(#[case] capture: Capture) {
     let mesh = start(
         MeshBuilder::new()
+            .capture(capture)
             .pod(PodSpec::new("app", 0))
             .pod(PodSpec::new("plain", 0).mesh(false)),
     );
@@ -909,10 +938,12 @@ async fn admin_is_unreachable_from_pods_while_metrics_is_reachable() {
     }
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn an_open_connection_shows_its_bytes_before_it_closes() {
+async fn an_open_connection_shows_its_bytes_before_it_closes(#[case] capture: Capture) {
     let mut mesh = start(
         MeshBuilder::new()
+            .capture(capture)
             .nodes(2)
             .pod(PodSpec::new("client", 0).service_account("client"))
             .pod(PodSpec::new("server", 1).service_account("server")),

@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use amesh_tests::harness::Capture;
+use rstest_reuse::{apply, template};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,6 +16,14 @@ use std::time::Duration;
 use amesh_tests::harness::{AppSpec, Mesh, MeshBuilder, Pod, PodSpec, poll_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// Every test below runs once per capture backend (`::case_1_nftables`,
+/// `::case_2_ebpf`).
+#[template]
+#[rstest::rstest]
+#[case::nftables(Capture::Nftables)]
+#[case::ebpf(Capture::Ebpf)]
+fn backends(#[case] capture: Capture) {}
 
 const ECHO: u16 = 7001;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,9 +88,11 @@ fn wait_old_exit(mesh: &mut Mesh, node: usize) {
     assert!(status.success(), "old ztunnel on node-{node}: {status}");
 }
 
+#[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upgrade_keeps_every_new_connection_and_lets_old_ones_finish() {
+async fn upgrade_keeps_every_new_connection_and_lets_old_ones_finish(#[case] capture: Capture) {
     let mut mesh = MeshBuilder::new()
+        .capture(capture)
         .nodes(2)
         .pod(PodSpec::new("client", 0).service_account("client"))
         .pod(PodSpec::new("server", 1).service_account("server"))
@@ -162,9 +174,11 @@ async fn upgrade_keeps_every_new_connection_and_lets_old_ones_finish() {
     );
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn sigterm_drains_until_the_deadline_then_closes_what_is_left() {
+async fn sigterm_drains_until_the_deadline_then_closes_what_is_left(#[case] capture: Capture) {
     let mut mesh = MeshBuilder::new()
+        .capture(capture)
         .nodes(1)
         .pod(PodSpec::new("client", 0).service_account("client"))
         .pod(PodSpec::new("server", 0).service_account("server"))

@@ -15,6 +15,8 @@ pub const BPF_TEST_ROOT: &str = "/sys/fs/bpf/amesh-test";
 pub enum Capture {
     Nftables,
     Ebpf,
+    /// The agent's default: eBPF where the kernel can, else nftables.
+    Auto,
 }
 
 impl Capture {
@@ -22,6 +24,7 @@ impl Capture {
         match self {
             Capture::Nftables => "nftables",
             Capture::Ebpf => "ebpf",
+            Capture::Auto => "auto",
         }
     }
 

@@ -12,7 +12,10 @@ const PROGRAM_TYPES: [(ProgramType, &str); 5] = [
         ProgramType::CgroupSockAddr,
         "cgroup sock_addr programs (CONFIG_CGROUP_BPF)",
     ),
-    (ProgramType::SockOps, "sock_ops programs (CONFIG_CGROUP_BPF)"),
+    (
+        ProgramType::SockOps,
+        "sock_ops programs (CONFIG_CGROUP_BPF)",
+    ),
     (
         ProgramType::CgroupSockopt,
         "cgroup sockopt programs (Linux 5.3+)",

@@ -15,8 +15,8 @@ mod raw_link;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::os::fd::AsFd as _;
 use std::net::IpAddr;
+use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -135,7 +135,9 @@ impl EbpfCapture {
             programs::GETPEERNAME6,
         ] {
             let program: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            program.load().map_err(|source| EbpfError::Program { name, source })?;
+            program
+                .load()
+                .map_err(|source| EbpfError::Program { name, source })?;
             let id = program
                 .attach(&cgroup, CgroupAttachMode::Single)
                 .map_err(|source| EbpfError::Program { name, source })?;
@@ -147,7 +149,9 @@ impl EbpfCapture {
         {
             let name = programs::TCP_EVENTS;
             let program: &mut SockOps = program(&mut ebpf, name)?;
-            program.load().map_err(|source| EbpfError::Program { name, source })?;
+            program
+                .load()
+                .map_err(|source| EbpfError::Program { name, source })?;
             let id = program
                 .attach(&cgroup, CgroupAttachMode::Single)
                 .map_err(|source| EbpfError::Program { name, source })?;
@@ -159,7 +163,9 @@ impl EbpfCapture {
         {
             let name = programs::GETSOCKOPT;
             let program: &mut CgroupSockopt = program(&mut ebpf, name)?;
-            program.load().map_err(|source| EbpfError::Program { name, source })?;
+            program
+                .load()
+                .map_err(|source| EbpfError::Program { name, source })?;
             let program_fd = program
                 .fd()
                 .map_err(|source| EbpfError::Program { name, source })?;
@@ -183,7 +189,9 @@ impl EbpfCapture {
         {
             let name = programs::INBOUND;
             let program: &mut SkLookup = program(&mut ebpf, name)?;
-            program.load().map_err(|source| EbpfError::Program { name, source })?;
+            program
+                .load()
+                .map_err(|source| EbpfError::Program { name, source })?;
         }
         let pods = ebpf
             .take_map(common::PODS_MAP)
@@ -253,9 +261,7 @@ fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, E
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let program = ebpf
-        .program_mut(name)
-        .ok_or(EbpfError::NotInObject(name))?;
+    let program = ebpf.program_mut(name).ok_or(EbpfError::NotInObject(name))?;
     program
         .try_into()
         .map_err(|source| EbpfError::Program { name, source })
@@ -295,9 +301,7 @@ fn write_settings(
 /// deliberately leaked because dropping it would detach the program.
 fn attach_short_circuit(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
     let map_name = common::LOCAL_SOCKS_MAP;
-    let map = ebpf
-        .map(map_name)
-        .ok_or(EbpfError::NotInObject(map_name))?;
+    let map = ebpf.map(map_name).ok_or(EbpfError::NotInObject(map_name))?;
     let socks: SockHash<&MapData, common::ConnectionKey> =
         SockHash::try_from(map).map_err(|source| EbpfError::Map {
             name: map_name,
@@ -309,7 +313,9 @@ fn attach_short_circuit(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
     })?;
     let name = programs::SHORT_CIRCUIT;
     let program: &mut SkMsg = program(ebpf, name)?;
-    program.load().map_err(|source| EbpfError::Program { name, source })?;
+    program
+        .load()
+        .map_err(|source| EbpfError::Program { name, source })?;
     let id = program
         .attach(&map_fd)
         .map_err(|source| EbpfError::Program { name, source })?;

@@ -31,7 +31,11 @@ fn put_u32(attr: &mut [u8; ATTR_SIZE], offset: usize, value: u32) {
 }
 
 /// `BPF_LINK_CREATE` of `program` on `target` (a cgroup fd).
-pub fn create(program: BorrowedFd<'_>, target: BorrowedFd<'_>, attach_type: u32) -> io::Result<OwnedFd> {
+pub fn create(
+    program: BorrowedFd<'_>,
+    target: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<OwnedFd> {
     let mut attr = [0u8; ATTR_SIZE];
     put_u32(&mut attr, 0, program.as_raw_fd() as u32);
     put_u32(&mut attr, 4, target.as_raw_fd() as u32);
