@@ -35,7 +35,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use amesh_tests::harness::{
-    AppSpec, Mesh, MeshBuilder, NETNS_PREFIX, Pod, PodSpec, Service, ServiceSpec, leftovers,
+    AppSpec, Capture, Mesh, MeshBuilder, NETNS_PREFIX, Pod, PodSpec, Service, ServiceSpec,
+    leftovers,
 };
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -76,6 +77,27 @@ struct Args {
     /// Pause between rounds.
     #[arg(long, default_value_t = 1000)]
     interval_ms: u64,
+    /// The node agents' capture backend (`auto`: eBPF where the kernel
+    /// can, else nftables — the agent's own default).
+    #[arg(long, value_enum, default_value = "auto")]
+    capture: CaptureArg,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum CaptureArg {
+    Auto,
+    Ebpf,
+    Nftables,
+}
+
+impl From<CaptureArg> for Capture {
+    fn from(arg: CaptureArg) -> Self {
+        match arg {
+            CaptureArg::Auto => Capture::Auto,
+            CaptureArg::Ebpf => Capture::Ebpf,
+            CaptureArg::Nftables => Capture::Nftables,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -160,7 +182,8 @@ async fn run(args: Args) -> Result<ExitCode> {
 
     println!("localmesh: creating a 2-node mesh in network namespaces (Ctrl-C removes everything)");
     let setup_stop = stop.clone();
-    let mut setup = tokio::task::spawn_blocking(move || setup(&setup_stop));
+    let capture = Capture::from(args.capture);
+    let mut setup = tokio::task::spawn_blocking(move || setup(&setup_stop, capture));
     // Setup steps are blocking (namespaces, daemons, readiness waits); a
     // signal meanwhile is seen by the setup thread between steps.
     let mut announced = false;
@@ -252,11 +275,12 @@ struct Setup {
 }
 
 /// `None`: a signal came before anything was created.
-fn setup(stop: &Stop) -> Result<Option<Setup>> {
+fn setup(stop: &Stop, capture: Capture) -> Result<Option<Setup>> {
     if stop_requested(stop).is_some() {
         return Ok(None);
     }
     let mut mesh = MeshBuilder::new()
+        .capture(capture)
         .nodes(2)
         .pod(PodSpec::new("frontend", 0).service_account("frontend"))
         .pod(PodSpec::new("backend-0", 0).service_account("backend"))
@@ -296,6 +320,26 @@ fn identity(pod: &Pod) -> String {
     )
 }
 
+/// The backend the node agent chose, from its log line.
+fn capture_backend(mesh: &Mesh, node: usize) -> String {
+    let log = mesh.agent_log(node);
+    let Some(line) = log.lines().find(|l| l.contains("capture backend")) else {
+        return "unknown (see the node agent log)".into();
+    };
+    let backend = line
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("backend="))
+        .unwrap_or("?")
+        .trim_matches('"');
+    let why = line
+        .split_once("capture backend")
+        .map(|(_, rest)| rest.split(" backend=").next().unwrap_or(rest))
+        .unwrap_or("")
+        .trim_start_matches(':')
+        .trim();
+    format!("{backend} — {why}")
+}
+
 fn print_banner(mesh: &Mesh, interval: Duration, rounds: Option<u64>) {
     println!();
     println!("amesh local mesh is up");
@@ -314,6 +358,7 @@ fn print_banner(mesh: &Mesh, interval: Duration, rounds: Option<u64>) {
             pid(mesh.ztunnel_pid(node.index)),
             pid(mesh.agent_pid(node.index)),
         );
+        println!("          capture {}", capture_backend(mesh, node.index));
         println!(
             "          logs {}",
             mesh.ztunnel_log_path(node.index).display()
@@ -440,7 +485,10 @@ fn teardown(mesh: Mesh) -> bool {
         namespaces.len(),
         namespaces.join(" ")
     );
-    println!("    (with them the pods' veths, bridges, routes and nftables capture rules)");
+    println!(
+        "    (with them the pods' veths, bridges, routes, nftables rules and eBPF sk_lookup links;"
+    );
+    println!("     the agents' eBPF pins under /sys/fs/bpf/amesh-test/ were removed too)");
     let left_ns = leftovers(&prefix);
     let alive: Vec<&(String, u32)> = processes
         .iter()
