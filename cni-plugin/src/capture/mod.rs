@@ -123,18 +123,3 @@ pub enum CaptureError {
     #[error(transparent)]
     Ebpf(Box<ebpf::EbpfError>),
 }
-
-/// IPv6 policy routing is required for pods with IPv6 addresses; elsewhere
-/// it is best effort (a netns may have IPv6 disabled, or `lo` down).
-pub(crate) fn ipv6_step(
-    pod: &PodNetns,
-    result: Result<(), CaptureError>,
-) -> Result<(), CaptureError> {
-    match result {
-        Err(err) if !pod.has_ipv6() => {
-            tracing::debug!(netns = %pod.name, error = %err, "IPv6 policy routing skipped (pod has no IPv6 address)");
-            Ok(())
-        }
-        other => other,
-    }
-}

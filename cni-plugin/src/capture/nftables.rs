@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use tracing::debug;
 
 use super::cmd::run;
-use super::policy_route::{self, Family};
+use super::policy_route;
 use super::{CONNMARK, Capture, CaptureConfig, CaptureError, MARK_MASK, PodNetns, ZTUNNEL_MARK};
 use crate::netns::Netns;
 
@@ -157,8 +157,7 @@ impl Capture for NftablesCapture {
         let netns = open(pod)?;
         // The return path first: once the nft table exists, connections are
         // captured and their replies need it.
-        policy_route::ensure(&netns, Family::V4)?;
-        super::ipv6_step(pod, policy_route::ensure(&netns, Family::V6))?;
+        policy_route::ensure_for(&netns, pod)?;
         run(Some(&netns), "nft", &["-f", "-"], Some(&self.script()))?;
         debug!(netns = %pod.name, "nftables capture installed");
         Ok(())
@@ -168,21 +167,14 @@ impl Capture for NftablesCapture {
         let netns = open(pod)?;
         let script = format!("add table inet {TABLE}\ndelete table inet {TABLE}\n");
         run(Some(&netns), "nft", &["-f", "-"], Some(&script))?;
-        policy_route::remove(&netns, Family::V4)?;
-        super::ipv6_step(pod, policy_route::remove(&netns, Family::V6))?;
+        policy_route::remove_for(&netns, pod)?;
         debug!(netns = %pod.name, "nftables capture removed");
         Ok(())
     }
 
     fn is_installed(&self, pod: &PodNetns) -> Result<bool, CaptureError> {
         let netns = open(pod)?;
-        if !self.table_matches(&netns)? || policy_route::rule_count(&netns, Family::V4)? != 1 {
-            return Ok(false);
-        }
-        if pod.has_ipv6() && policy_route::rule_count(&netns, Family::V6)? != 1 {
-            return Ok(false);
-        }
-        Ok(true)
+        Ok(self.table_matches(&netns)? && policy_route::installed_for(&netns, pod)?)
     }
 }
 

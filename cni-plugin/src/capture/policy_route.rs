@@ -9,7 +9,7 @@
 use serde::Deserialize;
 
 use super::cmd::{run, run_json};
-use super::{CONNMARK, CaptureError, MARK_MASK, ROUTE_TABLE, RULE_PRIORITY};
+use super::{CONNMARK, CaptureError, MARK_MASK, PodNetns, ROUTE_TABLE, RULE_PRIORITY};
 use crate::netns::Netns;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,4 +166,35 @@ pub(crate) fn remove(netns: &Netns, family: Family) -> Result<(), CaptureError> 
         )?;
     }
     Ok(())
+}
+
+/// The return path for `pod`: IPv4, and IPv6 (see [`ipv6_step`]).
+pub(crate) fn ensure_for(netns: &Netns, pod: &PodNetns) -> Result<(), CaptureError> {
+    ensure(netns, Family::V4)?;
+    ipv6_step(pod, ensure(netns, Family::V6))
+}
+
+pub(crate) fn remove_for(netns: &Netns, pod: &PodNetns) -> Result<(), CaptureError> {
+    remove(netns, Family::V4)?;
+    ipv6_step(pod, remove(netns, Family::V6))
+}
+
+/// Exactly one rule per family the pod has.
+pub(crate) fn installed_for(netns: &Netns, pod: &PodNetns) -> Result<bool, CaptureError> {
+    if rule_count(netns, Family::V4)? != 1 {
+        return Ok(false);
+    }
+    Ok(!pod.has_ipv6() || rule_count(netns, Family::V6)? == 1)
+}
+
+/// IPv6 policy routing is required for pods with IPv6 addresses; elsewhere
+/// it is best effort (a netns may have IPv6 disabled, or `lo` down).
+fn ipv6_step(pod: &PodNetns, result: Result<(), CaptureError>) -> Result<(), CaptureError> {
+    match result {
+        Err(err) if !pod.has_ipv6() => {
+            tracing::debug!(netns = %pod.name, error = %err, "IPv6 policy routing skipped (pod has no IPv6 address)");
+            Ok(())
+        }
+        other => other,
+    }
 }

@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 
 pub use pins::PinDir;
 
-use super::policy_route::{self, Family};
+use super::policy_route;
 use super::{Capture, CaptureConfig, CaptureError, PodNetns};
 use crate::netns::Netns;
 
@@ -108,6 +108,26 @@ pub fn uninstall(pin_dir: &Path) -> std::io::Result<()> {
     PinDir::new(pin_dir).remove_all()
 }
 
+/// Loads program `$name` (of aya type `$kind`), links it to the cgroup and
+/// pins the link over any previous one. A macro because aya's program types
+/// share these methods but no trait.
+macro_rules! attach_to_cgroup {
+    ($kind:ty, $name:expr, $ebpf:expr, $cgroup:expr, $pins:expr) => {{
+        let name: &'static str = $name;
+        let program: &mut $kind = program($ebpf, name)?;
+        program
+            .load()
+            .map_err(|source| EbpfError::Program { name, source })?;
+        let id = program
+            .attach($cgroup, CgroupAttachMode::Single)
+            .map_err(|source| EbpfError::Program { name, source })?;
+        let link = program
+            .take_link(id)
+            .map_err(|source| EbpfError::Program { name, source })?;
+        $pins.replace(fd_link(name, link)?, &$pins.link(name))?;
+    }};
+}
+
 impl EbpfCapture {
     /// Loads the programs (reusing pinned maps), attaches the node-wide ones
     /// at the cgroup v2 root (replacing a previous agent's attachments
@@ -134,32 +154,9 @@ impl EbpfCapture {
             programs::GETPEERNAME4,
             programs::GETPEERNAME6,
         ] {
-            let program: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            program
-                .load()
-                .map_err(|source| EbpfError::Program { name, source })?;
-            let id = program
-                .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(|source| EbpfError::Program { name, source })?;
-            let link = program
-                .take_link(id)
-                .map_err(|source| EbpfError::Program { name, source })?;
-            pins.replace(fd_link(name, link)?, &pins.link(name))?;
+            attach_to_cgroup!(CgroupSockAddr, name, &mut ebpf, &cgroup, &pins);
         }
-        {
-            let name = programs::TCP_EVENTS;
-            let program: &mut SockOps = program(&mut ebpf, name)?;
-            program
-                .load()
-                .map_err(|source| EbpfError::Program { name, source })?;
-            let id = program
-                .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(|source| EbpfError::Program { name, source })?;
-            let link = program
-                .take_link(id)
-                .map_err(|source| EbpfError::Program { name, source })?;
-            pins.replace(fd_link(name, link)?, &pins.link(name))?;
-        }
+        attach_to_cgroup!(SockOps, programs::TCP_EVENTS, &mut ebpf, &cgroup, &pins);
         {
             let name = programs::GETSOCKOPT;
             let program: &mut CgroupSockopt = program(&mut ebpf, name)?;
@@ -371,8 +368,7 @@ impl Capture for EbpfCapture {
     fn install(&self, pod: &PodNetns) -> Result<(), CaptureError> {
         let netns = open(pod)?;
         // The return path first, as with nftables.
-        policy_route::ensure(&netns, Family::V4)?;
-        super::ipv6_step(pod, policy_route::ensure(&netns, Family::V6))?;
+        policy_route::ensure_for(&netns, pod)?;
         set_fwmark_accept(&netns, true).map_err(netns_io(pod))?;
         let cookie = netns.cookie().map_err(netns_io(pod))?;
         let mut state = self.lock()?;
@@ -429,8 +425,7 @@ impl Capture for EbpfCapture {
         }
         if let Some(netns) = netns {
             set_fwmark_accept(&netns, false).map_err(netns_io(pod))?;
-            policy_route::remove(&netns, Family::V4)?;
-            super::ipv6_step(pod, policy_route::remove(&netns, Family::V6))?;
+            policy_route::remove_for(&netns, pod)?;
         }
         debug!(netns = %pod.name, "eBPF capture removed");
         Ok(())
@@ -446,13 +441,7 @@ impl Capture for EbpfCapture {
         if entry != Some(pod_entry(pod)) || !self.pins.pod(&pod.name).exists() {
             return Ok(false);
         }
-        if policy_route::rule_count(&netns, Family::V4)? != 1 {
-            return Ok(false);
-        }
-        if pod.has_ipv6() && policy_route::rule_count(&netns, Family::V6)? != 1 {
-            return Ok(false);
-        }
-        Ok(true)
+        policy_route::installed_for(&netns, pod)
     }
 }
 
