@@ -88,6 +88,14 @@ fn pod(name: &str, node: usize) -> PodSpec {
     PodSpec::new(name, node).service_account(name)
 }
 
+/// Two nodes, a mesh pod `client` on node 0.
+fn two_nodes_with_client(capture: Capture) -> MeshBuilder {
+    MeshBuilder::new()
+        .capture(capture)
+        .nodes(2)
+        .pod(pod("client", 0))
+}
+
 fn start(builder: MeshBuilder, apps: &[&str]) -> Mesh {
     let mut mesh = builder.build().expect("mesh builds");
     mesh.start().expect("mesh daemons start");
@@ -101,10 +109,7 @@ fn start(builder: MeshBuilder, apps: &[&str]) -> Mesh {
 #[tokio::test]
 async fn pod_to_pod_on_one_node_and_across_nodes_goes_over_hbone(#[case] capture: Capture) {
     let mesh = start(
-        MeshBuilder::new()
-            .capture(capture)
-            .nodes(2)
-            .pod(pod("client", 0))
+        two_nodes_with_client(capture)
             .pod(pod("near", 0))
             .pod(pod("far", 1)),
         &["near", "far"],
@@ -148,10 +153,7 @@ async fn the_app_sees_the_address_it_dialled_and_the_server_sees_the_client(
     #[case] capture: Capture,
 ) {
     let mesh = start(
-        MeshBuilder::new()
-            .capture(capture)
-            .nodes(2)
-            .pod(pod("client", 0))
+        two_nodes_with_client(capture)
             .pod(pod("near", 0))
             .pod(pod("far", 1)),
         &["near", "far"],
@@ -194,10 +196,7 @@ async fn the_app_sees_the_address_it_dialled_and_the_server_sees_the_client(
 #[tokio::test]
 async fn service_vip_spreads_connections_across_endpoints(#[case] capture: Capture) {
     let mesh = start(
-        MeshBuilder::new()
-            .capture(capture)
-            .nodes(2)
-            .pod(pod("client", 0))
+        two_nodes_with_client(capture)
             .pod(pod("echo-0", 0))
             .pod(pod("echo-1", 1))
             .service(
@@ -232,10 +231,7 @@ async fn mesh_to_non_mesh_passes_through_and_non_mesh_to_mesh_reaches_the_app(
     #[case] capture: Capture,
 ) {
     let mesh = start(
-        MeshBuilder::new()
-            .capture(capture)
-            .nodes(2)
-            .pod(pod("client", 0))
+        two_nodes_with_client(capture)
             .pod(pod("meshed", 1))
             .pod(PodSpec::new("plain", 1).mesh(false)),
         &["meshed", "plain"],
@@ -322,11 +318,7 @@ async fn kubelet_probe_from_the_node_reaches_the_app_uncaptured(#[case] capture:
 #[tokio::test]
 async fn hundred_mib_each_way_arrive_intact(#[case] capture: Capture) {
     let mesh = start(
-        MeshBuilder::new()
-            .capture(capture)
-            .nodes(2)
-            .pod(pod("client", 0))
-            .pod(pod("server", 1)),
+        two_nodes_with_client(capture).pod(pod("server", 1)),
         &["server"],
     );
     const TOTAL: usize = 100 * 1024 * 1024;
@@ -398,10 +390,7 @@ async fn assert_no_app(mesh: &Mesh, from: &str, addr: SocketAddr) {
 #[tokio::test]
 async fn ztunnel_restart_never_bypasses_capture_and_recovers_quickly(#[case] capture: Capture) {
     let mut mesh = start(
-        MeshBuilder::new()
-            .capture(capture)
-            .nodes(2)
-            .pod(pod("client", 0))
+        two_nodes_with_client(capture)
             .pod(pod("server", 1))
             .pod(PodSpec::new("plain", 1).mesh(false)),
         &["server", "plain"],
@@ -580,11 +569,7 @@ async fn removed_pod_loses_its_rules_and_listeners(#[case] capture: Capture) {
 #[tokio::test]
 async fn config_changes_apply_live_and_a_malformed_config_is_refused(#[case] capture: Capture) {
     let mut mesh = start(
-        MeshBuilder::new()
-            .capture(capture)
-            .nodes(2)
-            .pod(pod("client", 0))
-            .pod(pod("server", 1)),
+        two_nodes_with_client(capture).pod(pod("server", 1)),
         &["server"],
     );
     // A valid change applies to new connections without a restart.
@@ -638,10 +623,7 @@ async fn config_changes_apply_live_and_a_malformed_config_is_refused(#[case] cap
 #[tokio::test]
 async fn ipv6_is_captured_and_tunnelled_like_ipv4(#[case] capture: Capture) {
     let mesh = start(
-        MeshBuilder::new()
-            .capture(capture)
-            .nodes(2)
-            .pod(pod("client", 0))
+        two_nodes_with_client(capture)
             .pod(pod("server", 1))
             .pod(PodSpec::new("plain", 1).mesh(false)),
         &["server"],
@@ -802,10 +784,7 @@ async fn busy_polling_spins_only_after_work_and_carries_traffic(#[case] capture:
     // Long enough to observe the spin after the traffic stops.
     const WINDOW: Duration = Duration::from_secs(2);
     let mesh = start(
-        MeshBuilder::new()
-            .capture(capture)
-            .nodes(2)
-            .pod(pod("client", 0))
+        two_nodes_with_client(capture)
             .pod(pod("server", 1))
             .ztunnel_arg("--busy-poll-us")
             .ztunnel_arg(WINDOW.as_micros().to_string()),
