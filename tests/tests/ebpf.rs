@@ -150,3 +150,43 @@ async fn auto_chooses_ebpf_here_and_says_why() {
         .unwrap();
     assert!(line.contains("server"), "{line}");
 }
+
+#[tokio::test]
+async fn the_opt_in_short_circuit_carries_bytes_intact_both_ways() {
+    use tokio::io::AsyncWriteExt;
+    const ECHO: u16 = 7001;
+    const TOTAL: usize = 32 << 20;
+    let mut mesh = MeshBuilder::new()
+        .capture(Capture::Ebpf)
+        .agent_arg("--short-circuit")
+        .agent_arg("true")
+        .nodes(2)
+        .pod(PodSpec::new("client", 0))
+        .pod(PodSpec::new("server", 1))
+        .build()
+        .unwrap();
+    mesh.start().unwrap();
+    mesh.start_app("server", AppSpec::default().echo(ECHO))
+        .unwrap();
+    assert!(mesh.agent_log(0).contains("short_circuit=true"));
+    let stream = mesh
+        .pod("client")
+        .connect(mesh.pod("server").addr(ECHO))
+        .await
+        .unwrap();
+    let (mut rx, mut tx) = stream.into_split();
+    let sent: Vec<u8> = (0..TOTAL).map(|i| (i * 31 % 251) as u8).collect();
+    let expected = sent.clone();
+    let writer = tokio::spawn(async move {
+        tx.write_all(&sent).await.unwrap();
+        tx.shutdown().await.unwrap();
+    });
+    let mut back = Vec::with_capacity(TOTAL);
+    tokio::time::timeout(Duration::from_secs(60), rx.read_to_end(&mut back))
+        .await
+        .expect("echo within 60 s")
+        .unwrap();
+    writer.await.unwrap();
+    assert_eq!(back.len(), TOTAL);
+    assert!(back == expected, "echoed bytes differ");
+}

@@ -842,3 +842,42 @@ async fn busy_polling_spins_only_after_work_and_carries_traffic(#[case] capture:
     .unwrap();
     drop(stream);
 }
+
+/// Bytes a writer gets into a connection whose reader never reads, before
+/// its writes stop being accepted (bounded by the test's budget).
+async fn bytes_accepted_before_backpressure(mesh: &Mesh, from: &str, to: SocketAddr) -> u64 {
+    const CHUNK: usize = 1 << 20;
+    const BUDGET: u64 = 1 << 30;
+    let mut stream = mesh.pod(from).connect(to).await.unwrap();
+    let chunk = vec![7u8; CHUNK];
+    let mut written = 0u64;
+    while written < BUDGET {
+        match tokio::time::timeout(Duration::from_millis(500), stream.write(&chunk)).await {
+            Ok(Ok(n)) => written += n as u64,
+            Ok(Err(err)) => panic!("write failed after {written} bytes: {err}"),
+            // Blocked: the path pushes back.
+            Err(_) => break,
+        }
+    }
+    written
+}
+
+#[apply(backends)]
+#[tokio::test]
+async fn a_reader_that_stops_reading_pushes_back_on_the_writer(#[case] capture: Capture) {
+    let mesh = start(two_nodes_with_client(capture).pod(pod("server", 1)), &[]);
+    // A server that accepts and never reads.
+    let listener = mesh
+        .pod("server")
+        .bind_std(SocketAddr::from(([0, 0, 0, 0], 7100)))
+        .unwrap();
+    let _held = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
+    let written =
+        bytes_accepted_before_backpressure(&mesh, "client", mesh.pod("server").addr(7100)).await;
+    // Socket buffers, ztunnel's and the HBONE stream's windows: megabytes,
+    // never the budget.
+    assert!(
+        written < 256 << 20,
+        "{written} bytes accepted with nobody reading"
+    );
+}

@@ -85,8 +85,11 @@ struct RunArgs {
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
     bpf_pin_dir: PathBuf,
     /// eBPF backend: pass bytes between the app and ztunnel in one pod
-    /// socket to socket (sockmap) instead of through loopback TCP.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    /// socket to socket (sockmap) instead of through loopback TCP. Off by
+    /// default: the kernel gives such redirects no flow control, so a
+    /// reader that falls behind lets its peer queue kernel memory without
+    /// bound (README "Capture (eBPF)").
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     short_circuit: bool,
     #[arg(long, default_value_t = 15001)]
     outbound_port: u16,
