@@ -1,6 +1,7 @@
-//! `meshbench hbone --quick --json` runs end to end and keeps its output
-//! contract: one JSON object with every figure of the scenario, each measured
-//! (finite, positive) and carrying its baseline and ratio where it has one.
+//! `meshbench <scenario> --quick --json` runs end to end and keeps its
+//! output contract: one JSON object with every figure of the scenario, each
+//! measured (finite, positive) and carrying its baseline and ratio where it
+//! has one. The mesh scenarios (`ztunnel`, `redirect`) need root.
 
 // Test helpers panic on failure: that is how a test fails.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -146,6 +147,103 @@ fn ztunnel_quick_json_with_policy_reports_every_figure() {
     check_ztunnel_figures(&figures, &names);
 }
 
+/// `redirect`'s figures against nftables capture: the `ztunnel` scenario's,
+/// then the CPU of apps and ztunnels together per round trip.
+fn redirect_figures() -> Vec<String> {
+    ZTUNNEL_FIGURES
+        .iter()
+        .copied()
+        .chain(["cpu_total_us_per_rr"])
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The figures that exist without ztunnels, for the `_nomesh` comparisons.
+const NO_MESH_FIGURES: [&str; 5] = [
+    "throughput_1conn",
+    "latency_p50",
+    "latency_p99",
+    "connect_rate",
+    "cpu_total_us_per_rr",
+];
+
+fn suffixed(names: &[&str], suffix: &str) -> Vec<String> {
+    names.iter().map(|n| format!("{n}{suffix}")).collect()
+}
+
+#[test]
+fn redirect_quick_json_compares_ebpf_with_nftables_no_mesh_and_the_short_circuit() {
+    let (figures, names) = quick_json("redirect");
+    let against_nftables = redirect_figures();
+    let all: Vec<&str> = against_nftables.iter().map(String::as_str).collect();
+    let expected: Vec<String> = against_nftables
+        .iter()
+        .cloned()
+        .chain(suffixed(&NO_MESH_FIGURES, "_nomesh"))
+        // Both sides of the short-circuit comparison are eBPF meshes.
+        .chain(suffixed(&all, "_sockmap"))
+        .chain(suffixed(&NO_MESH_FIGURES, "_sockmap_nomesh"))
+        .collect();
+    assert_eq!(names, expected);
+    for figure in &figures {
+        // Every figure has a baseline here and a finite ratio.
+        check_figure(figure, true);
+        let name = figure["name"].as_str().expect("name");
+        let ratio = figure["ratio"].as_f64().expect("ratio");
+        assert!(ratio.is_finite() && ratio > 0.0, "{name}: ratio {ratio}");
+    }
+    // One measurement per route: the default eBPF mesh is the mesh side of
+    // the plain and `_nomesh` figures and the baseline of `_sockmap`.
+    let field = |name: &str, side: &str| {
+        figures
+            .iter()
+            .find(|f| f["name"] == name)
+            .and_then(|f| f[side].as_f64())
+            .expect(name)
+    };
+    for base in ["throughput_1conn", "latency_p50", "connect_rate"] {
+        let ebpf = field(base, "mesh");
+        assert_eq!(ebpf, field(&format!("{base}_nomesh"), "mesh"), "{base}");
+        assert_eq!(
+            ebpf,
+            field(&format!("{base}_sockmap"), "baseline"),
+            "{base}"
+        );
+        assert_eq!(
+            field(&format!("{base}_sockmap"), "mesh"),
+            field(&format!("{base}_sockmap_nomesh"), "mesh"),
+            "{base}"
+        );
+    }
+}
+
+#[test]
+fn redirect_only_filters_every_comparison() {
+    let (figures, names) = quick_json_with("redirect", &["--only", "latency_p50"]);
+    assert_eq!(
+        names,
+        [
+            "latency_p50",
+            "latency_p99",
+            "cpu_us_per_rr",
+            "cpu_total_us_per_rr",
+            "latency_p50_nomesh",
+            "latency_p99_nomesh",
+            "cpu_total_us_per_rr_nomesh",
+            "latency_p50_sockmap",
+            "latency_p99_sockmap",
+            "cpu_us_per_rr_sockmap",
+            "cpu_total_us_per_rr_sockmap",
+            "latency_p50_sockmap_nomesh",
+            "latency_p99_sockmap_nomesh",
+            "cpu_total_us_per_rr_sockmap_nomesh",
+        ]
+    );
+    for figure in &figures {
+        check_figure(figure, true);
+    }
+}
+
 #[test]
 fn policy_flag_is_refused_outside_the_ztunnel_scenario() {
     let out = Command::new(env!("CARGO_BIN_EXE_meshbench"))
@@ -155,4 +253,15 @@ fn policy_flag_is_refused_outside_the_ztunnel_scenario() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--policy"), "{stderr}");
+}
+
+#[test]
+fn ztunnel_capture_flag_takes_only_known_backends() {
+    let out = Command::new(env!("CARGO_BIN_EXE_meshbench"))
+        .args(["ztunnel", "--quick", "--capture", "iptables"])
+        .output()
+        .expect("run meshbench");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("iptables"), "{stderr}");
 }

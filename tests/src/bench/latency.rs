@@ -6,7 +6,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::workload::ping_pong;
 use super::{Figure, median, percentile};
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct LatencyRuns {
     p50: Vec<f64>,
     p99: Vec<f64>,

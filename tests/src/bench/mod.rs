@@ -4,6 +4,7 @@
 pub mod crypto;
 pub mod hbone;
 pub mod latency;
+pub mod redirect;
 pub mod report;
 pub mod sides;
 pub mod workload;

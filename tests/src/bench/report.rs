@@ -49,15 +49,23 @@ impl Report {
     }
 
     pub fn to_table(&self) -> String {
+        // At least 24 wide, wider for long (suffixed) names so columns align.
+        let width = self
+            .figures
+            .iter()
+            .map(|f| f.name.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(24);
         let mut out = format!(
-            "scenario: {}\n{:<24} {:>12} {:>12} {:>8}  unit\n",
+            "scenario: {}\n{:<width$} {:>12} {:>12} {:>8}  unit\n",
             self.scenario, "figure", "mesh", "baseline", "ratio"
         );
         for f in &self.figures {
             let baseline = f.baseline.map_or("-".to_string(), |b| format!("{b:.2}"));
             let ratio = f.ratio.map_or("-".to_string(), |r| format!("{r:.3}"));
             out.push_str(&format!(
-                "{:<24} {:>12.2} {:>12} {:>8}  {}\n",
+                "{:<width$} {:>12.2} {:>12} {:>8}  {}\n",
                 f.name, f.mesh, baseline, ratio, f.unit
             ));
         }

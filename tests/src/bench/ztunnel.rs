@@ -13,16 +13,21 @@
 //! AuthorizationPolicy selecting the server with [`POLICY_RULES`] rules, of
 //! which only the last admits the bench client: every mesh connection makes
 //! the server's ztunnel evaluate all of them.
+//!
+//! [`Setup`] (one such mesh), [`Bench`] (the apps, measuring any number of
+//! routes in turn) and [`figures`] are shared with the `redirect` scenario,
+//! which compares meshes with different capture backends in one run.
 
 use std::fmt::Write as _;
 use std::fs::File;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, anyhow, ensure};
 use nix::sched::{CloneFlags, setns};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
@@ -31,7 +36,7 @@ use super::latency::LatencyRuns;
 use super::sides::Sides;
 use super::workload::{echo, gbps, one_request, rate, receive_bulk, send_bulk};
 use super::{Figure, Report, Scale, median};
-use crate::harness::{Mesh, MeshBuilder, PodSpec, cpu_seconds, netns, vm_rss_mib};
+use crate::harness::{Capture, Mesh, MeshBuilder, PodSpec, cpu_seconds, netns, vm_rss_mib};
 
 const MIB: u64 = 1024 * 1024;
 const GIB: f64 = (1024 * 1024 * 1024) as f64;
@@ -45,9 +50,13 @@ pub const POLICY_RULES: usize = 10;
 const POLICY_NAME: &str = "bench-allow-client";
 /// ztunnel's admin server, in the node netns.
 const ADMIN_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 15000);
+/// Longest one run of one route may take (a full run takes seconds): a
+/// stalled connection fails the bench, naming the route, instead of
+/// hanging it.
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How the `ztunnel` scenario runs.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Options {
     /// Run only the figures whose name starts with this.
     pub only: Option<String>,
@@ -55,6 +64,24 @@ pub struct Options {
     pub ztunnel_args: Vec<String>,
     /// Put [`policy_yaml`] in the config: [`POLICY_RULES`] ALLOW rules on the server.
     pub policy: bool,
+    /// The node agents' capture backend.
+    pub capture: Capture,
+    /// Passed to both node agents (e.g. `--short-circuit false`).
+    pub agent_args: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            only: None,
+            ztunnel_args: Vec::new(),
+            policy: false,
+            // Explicit rather than the harness's `AMESH_TEST_CAPTURE`
+            // default: a bench figure must say what it measured.
+            capture: Capture::Nftables,
+            agent_args: Vec::new(),
+        }
+    }
 }
 
 /// One ALLOW AuthorizationPolicy selecting `app: server` with
@@ -83,7 +110,16 @@ pub fn policy_yaml() -> String {
     out
 }
 
+/// Byte counts reported by the sinks, one per bulk connection.
+type Reports = mpsc::UnboundedReceiver<io::Result<u64>>;
+
+/// Whether `only` (a figure-name prefix) selects the figures of `group`.
+pub fn wanted(only: Option<&str>, group: &str) -> bool {
+    only.is_none_or(|p| group.starts_with(p) || p.starts_with(group))
+}
+
 /// Makes sockets inside one netns from the calling thread.
+#[derive(Debug)]
 struct NetnsSockets {
     target: File,
     home: File,
@@ -115,44 +151,132 @@ impl NetnsSockets {
     }
 }
 
-/// One side of the comparison: a client pod and the server pod it talks to.
-struct Path {
-    client: NetnsSockets,
+/// One way from a client pod to a server pod, and the ztunnels it passes
+/// through (none between non-mesh pods).
+#[derive(Debug)]
+pub struct Route {
+    /// Pods, backend and mesh dir (logs), for errors.
+    label: String,
+    client: Rc<NetnsSockets>,
     sink: SocketAddr,
     echo: SocketAddr,
+    /// Both nodes' ztunnels, client's first; empty without the mesh.
+    ztunnels: Vec<u32>,
+    /// VmRSS (MiB) of the client node's ztunnel before any traffic.
+    rss_idle: Option<f64>,
 }
 
-type Reports = mpsc::UnboundedReceiver<io::Result<u64>>;
+impl Route {
+    /// Both ztunnels' CPU time in seconds (0 without the mesh).
+    fn ztunnel_cpu(&self) -> Result<f64> {
+        self.ztunnels.iter().map(|p| cpu_seconds(*p)).sum()
+    }
 
-fn build_mesh(ztunnel_args: &[String], policy: bool) -> Result<Mesh> {
-    let mut builder = MeshBuilder::new()
-        .nodes(2)
-        .pod(PodSpec::new("client", 0).service_account("client"))
-        .pod(
-            PodSpec::new("server", 1)
-                .service_account("server")
-                .label("app", "server"),
-        )
-        .pod(PodSpec::new("client-plain", 0).mesh(false))
-        .pod(PodSpec::new("server-plain", 1).mesh(false))
-        // Access logs at info cost the mesh a little per connection, as
-        // Istio's do; they stay on, as a user would run it.
-        .daemon_env("RUST_LOG", "info");
-    for arg in ztunnel_args {
-        builder = builder.ztunnel_arg(arg.clone());
+    /// `run` (one run on this route), failing after `limit` with `what`.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        limit: Duration,
+        run: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        tokio::time::timeout(limit, run)
+            .await
+            .map_err(|_| anyhow!("{what} on {} stalled for {limit:?}", self.label))?
     }
-    for i in 1..ENROLLED_PODS {
-        builder = builder.pod(PodSpec::new(format!("idle-{i}"), 0).service_account("idle"));
+
+    /// CPU time of the bench process (both apps, and the kernel work done
+    /// in their context) plus the ztunnels.
+    fn total_cpu(&self) -> Result<f64> {
+        Ok(cpu_seconds(std::process::id())? + self.ztunnel_cpu()?)
     }
-    let mut mesh = builder.build()?;
-    if policy {
-        mesh.write_config_text(&format!("{}{}", mesh.render_config(), policy_yaml()))?;
+}
+
+/// A two-node bench mesh: `client` → `server` across the nodes through
+/// both ztunnels, and `client-plain` → `server-plain` on the same nodes
+/// without the mesh, plus idle mesh pods on the client's node.
+#[derive(Debug)]
+pub struct Setup {
+    mesh: Mesh,
+    ztunnels: Vec<u32>,
+    rss_idle: f64,
+}
+
+impl Setup {
+    pub fn build(options: &Options) -> Result<Self> {
+        let mut builder = MeshBuilder::new()
+            .nodes(2)
+            .capture(options.capture)
+            .pod(PodSpec::new("client", 0).service_account("client"))
+            .pod(
+                PodSpec::new("server", 1)
+                    .service_account("server")
+                    .label("app", "server"),
+            )
+            .pod(PodSpec::new("client-plain", 0).mesh(false))
+            .pod(PodSpec::new("server-plain", 1).mesh(false))
+            // Access logs at info cost the mesh a little per connection, as
+            // Istio's do; they stay on, as a user would run it.
+            .daemon_env("RUST_LOG", "info");
+        for arg in &options.ztunnel_args {
+            builder = builder.ztunnel_arg(arg.clone());
+        }
+        for arg in &options.agent_args {
+            builder = builder.agent_arg(arg.clone());
+        }
+        for i in 1..ENROLLED_PODS {
+            builder = builder.pod(PodSpec::new(format!("idle-{i}"), 0).service_account("idle"));
+        }
+        let mut mesh = builder.build()?;
+        if options.policy {
+            mesh.write_config_text(&format!("{}{}", mesh.render_config(), policy_yaml()))?;
+        }
+        mesh.start()?;
+        if options.policy {
+            check_policy_loaded(&mesh)?;
+        }
+        let ztunnels: Vec<u32> = (0..2)
+            .map(|n| mesh.ztunnel_pid(n).context("ztunnel not running"))
+            .collect::<Result<_>>()?;
+        // Idle: all pods enrolled, no traffic yet.
+        let rss_idle = vm_rss_mib(ztunnels[0])?;
+        Ok(Self {
+            mesh,
+            ztunnels,
+            rss_idle,
+        })
     }
-    mesh.start()?;
-    if policy {
-        check_policy_loaded(&mesh)?;
+
+    pub fn mesh(&self) -> &Mesh {
+        &self.mesh
     }
-    Ok(mesh)
+
+    /// `client` → `server` through both ztunnels.
+    pub fn meshed(&self) -> Result<Route> {
+        let mut route = self.route("client", "server")?;
+        route.ztunnels.clone_from(&self.ztunnels);
+        route.rss_idle = Some(self.rss_idle);
+        Ok(route)
+    }
+
+    /// `client-plain` → `server-plain`: the same nodes without the mesh.
+    pub fn plain(&self) -> Result<Route> {
+        self.route("client-plain", "server-plain")
+    }
+
+    fn route(&self, client: &str, server: &str) -> Result<Route> {
+        Ok(Route {
+            label: format!(
+                "{client} → {server} ({} capture, mesh dir {})",
+                self.mesh.capture().as_arg(),
+                self.mesh.dir().display()
+            ),
+            client: Rc::new(NetnsSockets::new(&self.mesh.pod(client).netns)?),
+            sink: self.mesh.pod(server).addr(SINK_PORT),
+            echo: self.mesh.pod(server).addr(ECHO_PORT),
+            ztunnels: Vec::new(),
+            rss_idle: None,
+        })
+    }
 }
 
 /// The server's ztunnel holds the policy, enforced (not skipped), with
@@ -204,176 +328,301 @@ fn reset_vm_hwm(pid: u32) -> Result<()> {
         .with_context(|| format!("reset the peak RSS of pid {pid}"))
 }
 
-/// Starts sink and echo servers in both server pods on the server side.
-fn start_servers(sides: &Sides, mesh: &Mesh) -> Result<Reports> {
-    let (tx, reports) = mpsc::unbounded_channel();
-    for pod in ["server", "server-plain"] {
-        let pod = mesh.pod(pod);
-        let sink = pod.bind_std(SocketAddr::from(([0, 0, 0, 0], SINK_PORT)))?;
-        let echo_listener = pod.bind_std(SocketAddr::from(([0, 0, 0, 0], ECHO_PORT)))?;
-        sink.set_nonblocking(true)?;
-        echo_listener.set_nonblocking(true)?;
-        let tx = tx.clone();
-        sides.server().spawn(async move {
-            let (Ok(sink), Ok(echo_listener)) = (
-                TcpListener::from_std(sink),
-                TcpListener::from_std(echo_listener),
-            ) else {
-                return;
-            };
-            tokio::spawn(async move {
-                while let Ok((conn, _)) = sink.accept().await {
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        let _ = tx.send(receive_bulk(conn).await);
-                    });
+/// What one route measured: one sample per run, each figure their median.
+#[derive(Clone, Debug, Default)]
+pub struct Samples {
+    /// Gbit/s.
+    throughput: Vec<f64>,
+    /// ztunnel CPU s per GiB (empty without ztunnels).
+    cpu_per_gib: Vec<f64>,
+    latency: LatencyRuns,
+    /// ztunnel CPU µs per round trip (empty without ztunnels).
+    cpu_per_rr: Vec<f64>,
+    /// Bench process + ztunnel CPU µs per round trip.
+    total_cpu_per_rr: Vec<f64>,
+    /// Connections per second.
+    connect_rate: Vec<f64>,
+    /// MiB, the server node's ztunnel over all connection-rate runs.
+    peak_rss_connect: Option<f64>,
+    rss_idle: Option<f64>,
+}
+
+impl Samples {
+    fn for_route(route: &Route) -> Self {
+        Self {
+            rss_idle: route.rss_idle,
+            ..Self::default()
+        }
+    }
+}
+
+/// The median of `samples`, or `None` if there are none (a baseline
+/// without ztunnels has no ztunnel cost).
+fn median_of(samples: &[f64]) -> Option<f64> {
+    (!samples.is_empty()).then(|| median(samples.to_vec()))
+}
+
+/// The bench process's apps: the client side, and sink and echo servers in
+/// the server pods of every mesh served.
+#[derive(Debug)]
+pub struct Bench {
+    sides: Sides,
+    done: mpsc::UnboundedSender<io::Result<u64>>,
+    reports: Reports,
+}
+
+impl Bench {
+    pub fn new() -> Result<Self> {
+        let (done, reports) = mpsc::unbounded_channel();
+        Ok(Self {
+            sides: Sides::new()?,
+            done,
+            reports,
+        })
+    }
+
+    /// Starts sink and echo servers in both server pods of `setup`. Bulk
+    /// runs never overlap, so every sink reports on one channel.
+    pub fn serve(&self, setup: &Setup) -> Result<()> {
+        for pod in ["server", "server-plain"] {
+            let pod = setup.mesh.pod(pod);
+            let sink = pod.bind_std(SocketAddr::from(([0, 0, 0, 0], SINK_PORT)))?;
+            let echo_listener = pod.bind_std(SocketAddr::from(([0, 0, 0, 0], ECHO_PORT)))?;
+            sink.set_nonblocking(true)?;
+            echo_listener.set_nonblocking(true)?;
+            let tx = self.done.clone();
+            self.sides.server().spawn(async move {
+                let (Ok(sink), Ok(echo_listener)) = (
+                    TcpListener::from_std(sink),
+                    TcpListener::from_std(echo_listener),
+                ) else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    while let Ok((conn, _)) = sink.accept().await {
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            let _ = tx.send(receive_bulk(conn).await);
+                        });
+                    }
+                });
+                while let Ok((conn, _)) = echo_listener.accept().await {
+                    let _ = conn.set_nodelay(true);
+                    tokio::spawn(echo(conn));
                 }
             });
-            while let Ok((conn, _)) = echo_listener.accept().await {
-                let _ = conn.set_nodelay(true);
-                tokio::spawn(echo(conn));
-            }
-        });
+        }
+        Ok(())
     }
-    Ok(reports)
+
+    /// Every wanted figure group on each of `routes` (served by this
+    /// bench), `runs` times. Within each run the routes take turns, the
+    /// first rotating, so drift in the machine's speed hits all alike.
+    pub fn measure(
+        &mut self,
+        scale: Scale,
+        runs: usize,
+        only: Option<&str>,
+        routes: &[Route],
+    ) -> Result<Vec<Samples>> {
+        let mut samples: Vec<Samples> = routes.iter().map(Samples::for_route).collect();
+        let turns = |run: usize| (0..routes.len()).map(move |i| (run + i) % routes.len());
+
+        if wanted(only, "throughput_1conn") || wanted(only, "cpu_s_per_gib") {
+            let bytes = scale.pick(256, 2048) * MIB;
+            for run in 0..runs {
+                for i in turns(run) {
+                    let route = &routes[i];
+                    let before = route.ztunnel_cpu()?;
+                    let transfer = bulk(route, &mut self.reports, bytes);
+                    let gbps = self.sides.run_client(route.bounded(
+                        "bulk transfer",
+                        RUN_TIMEOUT,
+                        transfer,
+                    ))?;
+                    samples[i].throughput.push(gbps);
+                    if !route.ztunnels.is_empty() {
+                        let spent = route.ztunnel_cpu()? - before;
+                        samples[i].cpu_per_gib.push(spent / (bytes as f64 / GIB));
+                    }
+                }
+            }
+        }
+
+        if wanted(only, "latency") {
+            let iterations = scale.pick(3_000, 20_000);
+            let warmup = 200;
+            let round_trips = (warmup + iterations) as f64;
+            self.sides.run_client(async {
+                let mut conns = Vec::with_capacity(routes.len());
+                for route in routes {
+                    conns.push(route.client.connect(route.echo).await?);
+                }
+                for run in 0..runs {
+                    for i in turns(run) {
+                        let route = &routes[i];
+                        let (ztunnel_before, total_before) =
+                            (route.ztunnel_cpu()?, route.total_cpu()?);
+                        let record = samples[i].latency.record(&mut conns[i], warmup, iterations);
+                        route
+                            .bounded("latency run", RUN_TIMEOUT, async { Ok(record.await?) })
+                            .await?;
+                        let s = &mut samples[i];
+                        s.total_cpu_per_rr
+                            .push((route.total_cpu()? - total_before) * 1e6 / round_trips);
+                        if !route.ztunnels.is_empty() {
+                            let spent = route.ztunnel_cpu()? - ztunnel_before;
+                            s.cpu_per_rr.push(spent * 1e6 / round_trips);
+                        }
+                    }
+                }
+                anyhow::Ok(())
+            })?;
+        }
+
+        if wanted(only, "connect_rate") || wanted(only, "peak_rss_connect") {
+            let duration = Duration::from_millis(scale.pick(500, 2000));
+            // The server node's ztunnel: it accepts, authorizes (with
+            // `--policy`, every rule) and relays each new connection. Its
+            // peak from here on is what the connection bursts cost.
+            for pid in routes.iter().filter_map(|r| r.ztunnels.get(1)) {
+                reset_vm_hwm(*pid)?;
+            }
+            for run in 0..runs {
+                for i in turns(run) {
+                    let route = &routes[i];
+                    let (client, echo) = (route.client.clone(), route.echo);
+                    let burst = rate(16, duration, move || {
+                        let client = client.clone();
+                        async move { one_request(client.connect(echo).await?).await }
+                    });
+                    let rate = self.sides.run_client(route.bounded(
+                        "connection-rate run",
+                        duration + RUN_TIMEOUT,
+                        async { Ok(burst.await?) },
+                    ))?;
+                    samples[i].connect_rate.push(rate);
+                }
+            }
+            for (route, s) in routes.iter().zip(samples.iter_mut()) {
+                s.peak_rss_connect = route.ztunnels.get(1).map(|p| vm_hwm_mib(*p)).transpose()?;
+            }
+        }
+        Ok(samples)
+    }
 }
 
-/// Both ztunnels' CPU time, in seconds.
-fn ztunnel_cpu_seconds(pids: &[u32]) -> Result<f64> {
-    pids.iter().map(|p| cpu_seconds(*p)).sum()
-}
-
-async fn bulk(path: &Path, reports: &mut Reports, bytes: u64) -> Result<f64> {
-    let conn = path.client.connect(path.sink).await?;
+/// One bulk transfer to the route's sink (bounded by the caller).
+async fn bulk(route: &Route, reports: &mut Reports, bytes: u64) -> Result<f64> {
+    let conn = route.client.connect(route.sink).await?;
     let start = Instant::now();
     send_bulk(conn, bytes).await?;
-    let got = tokio::time::timeout(Duration::from_secs(120), reports.recv())
-        .await
-        .context("sink did not finish")?
-        .context("sink stopped")??;
+    let got = reports.recv().await.context("sink stopped")??;
     ensure!(got == bytes, "sink read {got} of {bytes} bytes");
     Ok(gbps(bytes, start.elapsed().as_secs_f64()))
 }
 
+/// The scenario's figures (those `only` selects), `mesh` against
+/// `baseline`. ztunnel's own costs (CPU, memory) have a baseline only if
+/// the baseline route has ztunnels too.
+pub fn figures(only: Option<&str>, mesh: &Samples, baseline: &Samples) -> Vec<Figure> {
+    let mut figures = Vec::new();
+    let with = |name: &str, unit: &str, m: &[f64], b: &[f64], higher: bool| {
+        median_of(m).map(|m| Figure::new(name, unit, m, median_of(b), higher))
+    };
+    if wanted(only, "throughput_1conn") {
+        figures.extend(with(
+            "throughput_1conn",
+            "Gbit/s",
+            &mesh.throughput,
+            &baseline.throughput,
+            true,
+        ));
+    }
+    if wanted(only, "cpu_s_per_gib") {
+        figures.extend(with(
+            "cpu_s_per_gib",
+            "s/GiB",
+            &mesh.cpu_per_gib,
+            &baseline.cpu_per_gib,
+            false,
+        ));
+    }
+    if wanted(only, "latency") {
+        figures.extend(LatencyRuns::figures(
+            mesh.latency.clone(),
+            baseline.latency.clone(),
+        ));
+        // What the latency costs: with busy polling on, most of it is spin.
+        figures.extend(with(
+            "cpu_us_per_rr",
+            "µs",
+            &mesh.cpu_per_rr,
+            &baseline.cpu_per_rr,
+            false,
+        ));
+    }
+    if wanted(only, "connect_rate") {
+        figures.extend(with(
+            "connect_rate",
+            "conn/s",
+            &mesh.connect_rate,
+            &baseline.connect_rate,
+            true,
+        ));
+    }
+    if wanted(only, "peak_rss_connect") {
+        let peak = |s: &Samples| s.peak_rss_connect.into_iter().collect::<Vec<_>>();
+        figures.extend(with(
+            "peak_rss_connect",
+            "MiB",
+            &peak(mesh),
+            &peak(baseline),
+            false,
+        ));
+    }
+    if wanted(only, "rss_idle_20pods") {
+        let idle = |s: &Samples| s.rss_idle.into_iter().collect::<Vec<_>>();
+        figures.extend(with(
+            "rss_idle_20pods",
+            "MiB",
+            &idle(mesh),
+            &idle(baseline),
+            false,
+        ));
+    }
+    figures
+}
+
+/// `cpu_total_us_per_rr`: CPU µs per round trip of the bench apps and the
+/// ztunnels together, kernel work in their context included, so capture
+/// cost in the kernel counts wherever it lands (with the latency figures).
+pub fn total_cpu_figure(only: Option<&str>, mesh: &Samples, baseline: &Samples) -> Option<Figure> {
+    if !wanted(only, "latency") && !wanted(only, "cpu_total_us_per_rr") {
+        return None;
+    }
+    Some(Figure::new(
+        "cpu_total_us_per_rr",
+        "µs",
+        median_of(&mesh.total_cpu_per_rr)?,
+        median_of(&baseline.total_cpu_per_rr),
+        false,
+    ))
+}
+
 pub fn run(scale: Scale, options: &Options) -> Result<Report> {
     let only = options.only.as_deref();
-    let wanted = |group: &str| only.is_none_or(|p| group.starts_with(p) || p.starts_with(group));
-    let mesh = build_mesh(&options.ztunnel_args, options.policy)?;
-    let ztunnels: Vec<u32> = (0..2)
-        .map(|n| mesh.ztunnel_pid(n).context("ztunnel not running"))
-        .collect::<Result<_>>()?;
-    let mut figures = Vec::new();
-
-    // Idle: all pods enrolled, no traffic yet.
-    let rss_idle = if wanted("rss_idle_20pods") {
-        Some(vm_rss_mib(ztunnels[0])?)
-    } else {
-        None
+    let setup = Setup::build(options)?;
+    let mut bench = Bench::new()?;
+    bench.serve(&setup)?;
+    let routes = [setup.meshed()?, setup.plain()?];
+    let samples = bench.measure(scale, scale.runs(), only, &routes)?;
+    let figures = match samples.as_slice() {
+        [mesh, plain] => figures(only, mesh, plain),
+        _ => anyhow::bail!("measured {} routes, not 2", samples.len()),
     };
-
-    let sides = Sides::new()?;
-    let mut reports = start_servers(&sides, &mesh)?;
-    let path = |client: &str, server: &str| -> Result<Path> {
-        Ok(Path {
-            client: NetnsSockets::new(&mesh.pod(client).netns)?,
-            sink: mesh.pod(server).addr(SINK_PORT),
-            echo: mesh.pod(server).addr(ECHO_PORT),
-        })
-    };
-    let meshed = path("client", "server")?;
-    let plain = path("client-plain", "server-plain")?;
-    let runs = scale.runs();
-
-    if wanted("throughput_1conn") || wanted("cpu_s_per_gib") {
-        let bytes = scale.pick(256, 2048) * MIB;
-        let (mut m, mut b, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..runs {
-            let before = ztunnel_cpu_seconds(&ztunnels)?;
-            m.push(sides.run_client(bulk(&meshed, &mut reports, bytes))?);
-            let after = ztunnel_cpu_seconds(&ztunnels)?;
-            cpu.push((after - before) / (bytes as f64 / GIB));
-            b.push(sides.run_client(bulk(&plain, &mut reports, bytes))?);
-        }
-        if wanted("throughput_1conn") {
-            figures.push(Figure::new(
-                "throughput_1conn",
-                "Gbit/s",
-                median(m),
-                Some(median(b)),
-                true,
-            ));
-        }
-        if wanted("cpu_s_per_gib") {
-            figures.push(Figure::new(
-                "cpu_s_per_gib",
-                "s/GiB",
-                median(cpu),
-                None,
-                false,
-            ));
-        }
-    }
-
-    if wanted("latency") {
-        let iterations = scale.pick(3_000, 20_000);
-        let warmup = 200;
-        let (mut m, mut b) = (LatencyRuns::default(), LatencyRuns::default());
-        let mut cpu = Vec::new();
-        sides.run_client(async {
-            let mut mesh_conn = meshed.client.connect(meshed.echo).await?;
-            let mut plain_conn = plain.client.connect(plain.echo).await?;
-            for _ in 0..runs {
-                let before = ztunnel_cpu_seconds(&ztunnels)?;
-                m.record(&mut mesh_conn, warmup, iterations).await?;
-                let spent = ztunnel_cpu_seconds(&ztunnels)? - before;
-                cpu.push(spent * 1e6 / (warmup + iterations) as f64);
-                b.record(&mut plain_conn, warmup, iterations).await?;
-            }
-            anyhow::Ok(())
-        })?;
-        figures.extend(LatencyRuns::figures(m, b));
-        // What the latency costs: with busy polling on, most of it is spin.
-        figures.push(Figure::new("cpu_us_per_rr", "µs", median(cpu), None, false));
-    }
-
-    if wanted("connect_rate") || wanted("peak_rss_connect") {
-        let duration = Duration::from_millis(scale.pick(500, 2000));
-        let pairs = [("client", "server"), ("client-plain", "server-plain")];
-        let mut rates = [Vec::new(), Vec::new()];
-        // The server node's ztunnel: it accepts, authorizes (with
-        // `--policy`, every rule) and relays each new connection. Its peak
-        // from here on is what the connection bursts cost.
-        reset_vm_hwm(ztunnels[1])?;
-        for _ in 0..runs {
-            for ((client, server), out) in pairs.iter().zip(rates.iter_mut()) {
-                let p = Rc::new(path(client, server)?);
-                out.push(sides.run_client(rate(16, duration, move || {
-                    let p = p.clone();
-                    async move { one_request(p.client.connect(p.echo).await?).await }
-                }))?);
-            }
-        }
-        let peak = vm_hwm_mib(ztunnels[1])?;
-        let [m, b] = rates;
-        if wanted("connect_rate") {
-            figures.push(Figure::new(
-                "connect_rate",
-                "conn/s",
-                median(m),
-                Some(median(b)),
-                true,
-            ));
-        }
-        if wanted("peak_rss_connect") {
-            figures.push(Figure::new("peak_rss_connect", "MiB", peak, None, false));
-        }
-    }
-
-    if let Some(rss) = rss_idle {
-        figures.push(Figure::new("rss_idle_20pods", "MiB", rss, None, false));
-    }
-    drop(sides);
-    drop(mesh);
+    drop(bench);
+    drop(setup);
     Ok(Report {
         scenario: "ztunnel".into(),
         figures,
