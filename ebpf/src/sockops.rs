@@ -66,12 +66,14 @@ fn handle(ctx: &SockOpsContext) -> Option<()> {
         TCP_CONNECT => expect_delivery(ctx),
         ACTIVE_ESTABLISHED => {
             hand_over_original_dst(ctx);
-            if connection_marked(ctx) {
+            let marked = connection_marked(ctx);
+            if marked {
                 let _ = DELIVERIES.remove(&as_seen_by_peer(ctx));
             }
-            pair_in_pod(ctx, pod, settings)
+            pair_in_pod(ctx, pod, settings, marked)
         }
-        _ => pair_in_pod(ctx, pod, settings),
+        _ if settings.short_circuit != 0 => pair_in_pod(ctx, pod, settings, connection_marked(ctx)),
+        _ => None,
     }
 }
 
@@ -159,7 +161,12 @@ fn register_listener(ctx: &SockOpsContext, pod: &PodEntry, settings: &Settings) 
 /// outbound listener (both ends on the pod address, one on the outbound
 /// port), and ztunnel's connection delivering to the app (connection
 /// mark on both sockets).
-fn pair_in_pod(ctx: &SockOpsContext, pod: &PodEntry, settings: &Settings) -> Option<()> {
+fn pair_in_pod(
+    ctx: &SockOpsContext,
+    pod: &PodEntry,
+    settings: &Settings,
+    marked: bool,
+) -> Option<()> {
     if settings.short_circuit == 0 {
         return None;
     }
@@ -169,7 +176,7 @@ fn pair_in_pod(ctx: &SockOpsContext, pod: &PodEntry, settings: &Settings) -> Opt
     let app_to_ztunnel = addr::is_pod_ip(pod, local.family, &local.ip)
         && local.ip == remote.ip
         && (local.port == outbound || remote.port == outbound);
-    if !app_to_ztunnel && !connection_marked(ctx) {
+    if !app_to_ztunnel && !marked {
         return None;
     }
     let mut key = ConnectionKey { local, remote };

@@ -7,24 +7,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use amesh_tests::harness::Capture;
-use rstest_reuse::{apply, template};
+mod cases;
+
+use cases::backends;
+use rstest_reuse::apply;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use amesh_tests::harness::{
-    AppSpec, Mesh, MeshBuilder, PodSpec, ServiceSpec, cpu_seconds, poll_until,
+    AppSpec, Capture, Mesh, MeshBuilder, PodSpec, ServiceSpec, cpu_seconds, poll_until,
 };
 use rand::{RngCore, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Every test below runs once per capture backend (`::case_1_nftables`,
-/// `::case_2_ebpf`).
-#[template]
-#[rstest::rstest]
-#[case::nftables(Capture::Nftables)]
-#[case::ebpf(Capture::Ebpf)]
-fn backends(#[case] capture: Capture) {}
 
 const WHOAMI: u16 = 7000;
 const ECHO: u16 = 7001;

@@ -14,26 +14,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use amesh_tests::harness::Capture;
-use rstest_reuse::{apply, template};
+mod cases;
+
+use cases::backends;
+use rstest_reuse::apply;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use amesh_tests::harness::{
-    AppSpec, HTTP_TIMEOUT, HttpResponse, Mesh, MeshBuilder, Node, PodSpec, ServiceSpec, poll_until,
+    AppSpec, Capture, HTTP_TIMEOUT, HttpResponse, Mesh, MeshBuilder, Node, PodSpec, ServiceSpec,
+    poll_until,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-
-/// Every test below runs once per capture backend (`::case_1_nftables`,
-/// `::case_2_ebpf`).
-#[template]
-#[rstest::rstest]
-#[case::nftables(Capture::Nftables)]
-#[case::ebpf(Capture::Ebpf)]
-fn backends(#[case] capture: Capture) {}
 
 const METRICS_PORT: u16 = 15020;
 const READINESS_PORT: u16 = 15021;

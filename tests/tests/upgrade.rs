@@ -6,24 +6,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use amesh_tests::harness::Capture;
-use rstest_reuse::{apply, template};
+mod cases;
+
+use cases::backends;
+use rstest_reuse::apply;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use amesh_tests::harness::{AppSpec, Mesh, MeshBuilder, Pod, PodSpec, poll_until};
+use amesh_tests::harness::{AppSpec, Capture, Mesh, MeshBuilder, Pod, PodSpec, poll_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// Every test below runs once per capture backend (`::case_1_nftables`,
-/// `::case_2_ebpf`).
-#[template]
-#[rstest::rstest]
-#[case::nftables(Capture::Nftables)]
-#[case::ebpf(Capture::Ebpf)]
-fn backends(#[case] capture: Capture) {}
 
 const ECHO: u16 = 7001;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
