@@ -125,12 +125,12 @@ impl Enroller {
             }
             match self.enroll(workload).await {
                 Ok(enrolled) => {
-                    info!(pod = %uid, netns = %workload.netns, "pod enrolled");
+                    info!(pod = %uid, netns = ?workload.netns, "pod enrolled");
                     self.problems.remove(*uid);
                     self.enrolled.insert(uid.to_string(), enrolled);
                     added = true;
                 }
-                Err(problem) => self.report(uid, &workload.netns, problem),
+                Err(problem) => self.report(uid, &netns_name(workload), problem),
             }
         }
         self.problems
@@ -208,7 +208,7 @@ impl Enroller {
     }
 
     async fn enroll(&self, workload: &Arc<Workload>) -> Result<Enrolled, Problem> {
-        let name = &workload.netns;
+        let name = &netns_name(workload);
         // The name comes from config: it must not reach outside the dir.
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
             return Err(Problem::BadNetnsName);
@@ -260,12 +260,11 @@ impl Enroller {
         let opted_out: Vec<PodNetns> = snapshot
             .workloads()
             .filter(|w| w.node == self.config.node && !w.in_mesh())
-            .filter(|w| {
-                !w.netns.is_empty() && !w.netns.contains('/') && w.netns != "." && w.netns != ".."
-            })
-            .map(|w| PodNetns {
-                name: w.netns.clone(),
-                path: self.config.netns_dir.join(&w.netns),
+            .map(|w| (netns_name(w), w))
+            .filter(|(n, _)| !n.is_empty() && !n.contains('/') && n != "." && n != "..")
+            .map(|(n, w)| PodNetns {
+                path: self.config.netns_dir.join(&n),
+                name: n,
                 ips: w.ips.clone(),
             })
             .filter(|pod| pod.path.exists())
@@ -380,4 +379,8 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|err| Err(CaptureError::Task(err.to_string())))
+}
+
+fn netns_name(w: &Workload) -> String {
+    w.netns.clone().unwrap_or_else(|| w.name.clone())
 }

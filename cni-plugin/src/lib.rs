@@ -8,6 +8,7 @@
 //! - [`uninstall`]: explicit removal of everything the agent installed.
 
 pub mod capture;
+pub mod cni;
 pub mod enroll;
 pub mod netns;
 pub mod uninstall;

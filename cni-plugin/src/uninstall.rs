@@ -32,7 +32,7 @@ pub fn uninstall(
         if node.is_some_and(|node| workload.node != node) {
             continue;
         }
-        let name = &workload.netns;
+        let name = &workload.netns.clone().unwrap_or_else(|| workload.name.clone());
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
             continue;
         }

@@ -3,16 +3,20 @@
 //! from a local YAML file ([`load_file`], [`ConfigWatcher`]).
 //!
 //! ```yaml
+//! namespaces:
+//!   - name: default
+//!     labels: {istio.io/dataplane-mode: ambient}   # every pod in it is in the mesh
 //! workloads:
 //!   - uid: default/client            # unique; "<namespace>/<name>" by convention
 //!     name: client
 //!     namespace: default
 //!     serviceAccount: client         # default "default"
 //!     node: node-0
-//!     ips: [10.244.0.2]
-//!     labels: {app: client}
-//!     protocol: HBONE                # HBONE: in the mesh (captured); TCP (default): not
-//!     netns: cni-1234                # node agent: netns name under /var/run/netns (default: name)
+//!     ips: [10.244.0.2]              # may be empty until the pod has its IPs
+//!     labels: {app: client}          # istio.io/dataplane-mode: ambient|none overrides the namespace
+//!     hostNetwork: false             # true: never captured
+//!     protocol: HBONE                # optional: states enrollment instead of deriving it
+//!     netns: cni-1234                # optional: netns name under the agent's netns dir
 //!     status: Healthy                # Unhealthy endpoints are skipped by load balancing
 //!     waypoint: {address: 10.244.0.9, port: 15008}
 //! services:
@@ -51,6 +55,7 @@
 //!   mtls: {mode: STRICT}
 //! ```
 
+pub mod enrollment;
 mod error;
 mod model;
 mod parse;
@@ -58,7 +63,7 @@ mod snapshot;
 mod watch;
 
 pub use error::ConfigError;
-pub use model::{HealthStatus, Protocol, Service, ServicePort, WaypointRef, Workload};
+pub use model::{HealthStatus, Namespace, Protocol, Service, ServicePort, WaypointRef, Workload};
 pub use parse::{ParseOptions, load_file, load_file_with, parse, parse_with};
 pub use snapshot::{ConfigSnapshot, ServiceEntry};
 pub use watch::{ConfigWatcher, WatchConfig};

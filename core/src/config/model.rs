@@ -49,9 +49,15 @@ pub struct Workload {
     pub node: String,
     pub ips: Vec<IpAddr>,
     pub labels: BTreeMap<String, String>,
+    /// HBONE when the pod is enrolled ([`super::enrollment`]), or as the
+    /// config states it explicitly.
     pub protocol: Protocol,
-    /// Network namespace name under the node agent's netns directory.
-    pub netns: String,
+    /// Network namespace name under the node agent's netns directory, when
+    /// the source knows it; otherwise the agent learns it from the CNI
+    /// plugin or finds the netns that holds the pod's IP.
+    pub netns: Option<String>,
+    /// Runs in the node's netns: never captured.
+    pub host_network: bool,
     pub status: HealthStatus,
     pub waypoint: Option<WaypointRef>,
     /// `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
@@ -66,6 +72,13 @@ impl Workload {
     pub fn is_healthy(&self) -> bool {
         self.status == HealthStatus::Healthy
     }
+}
+
+/// A Kubernetes namespace: its labels decide enrollment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]

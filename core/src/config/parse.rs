@@ -14,7 +14,10 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 
 use super::error::ConfigError;
-use super::model::{HealthStatus, Protocol, Service, ServicePort, WaypointRef, Workload};
+use super::enrollment::{PodFacts, decide};
+use super::model::{
+    HealthStatus, Namespace, Protocol, Service, ServicePort, WaypointRef, Workload,
+};
 use super::snapshot::ConfigSnapshot;
 use crate::identity::{DEFAULT_TRUST_DOMAIN, Identity};
 use crate::policy::{DEFAULT_ROOT_NAMESPACE, Header, PolicySet, ReadError, ResourceReader};
@@ -23,10 +26,20 @@ use crate::policy::{DEFAULT_ROOT_NAMESPACE, Header, PolicySet, ReadError, Resour
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct FileSpec {
     #[serde(default)]
+    namespaces: Vec<NamespaceSpec>,
+    #[serde(default)]
     workloads: Vec<WorkloadSpec>,
     #[serde(default)]
     services: Vec<ServiceSpec>,
 }
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NamespaceSpec {
+    name: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct WorkloadSpec {
@@ -42,7 +55,9 @@ struct WorkloadSpec {
     #[serde(default)]
     labels: BTreeMap<String, String>,
     #[serde(default)]
-    protocol: Protocol,
+    protocol: Option<Protocol>,
+    #[serde(default)]
+    host_network: bool,
     #[serde(default)]
     netns: Option<String>,
     #[serde(default)]
@@ -177,6 +192,7 @@ pub fn parse_with(
         path,
         text,
         trust_domain: &options.trust_domain,
+        mesh_namespace: &options.root_namespace,
     }
     .validate(spec.unwrap_or_default())?;
     Ok(snapshot.with_policies(PolicySet::build(resources, &options.root_namespace)))
@@ -265,6 +281,8 @@ struct Validator<'a> {
     path: &'a Path,
     text: &'a str,
     trust_domain: &'a str,
+    /// The mesh's own namespace: its pods are never enrolled.
+    mesh_namespace: &'a str,
 }
 
 impl Validator<'_> {
@@ -279,6 +297,30 @@ impl Validator<'_> {
     }
 
     fn validate(&self, spec: FileSpec) -> Result<ConfigSnapshot, ConfigError> {
+        let mut namespaces: BTreeMap<String, Namespace> = BTreeMap::new();
+        for (i, ns) in spec.namespaces.into_iter().enumerate() {
+            if ns.name.is_empty() {
+                return Err(self.error(
+                    format!("namespaces[{i}].name"),
+                    "",
+                    "must not be empty".into(),
+                ));
+            }
+            if namespaces.contains_key(&ns.name) {
+                return Err(self.error(
+                    format!("namespaces[{i}].name"),
+                    &ns.name,
+                    format!("namespace {:?} is listed twice", ns.name),
+                ));
+            }
+            namespaces.insert(
+                ns.name.clone(),
+                Namespace {
+                    name: ns.name,
+                    labels: ns.labels,
+                },
+            );
+        }
         let mut workloads = Vec::with_capacity(spec.workloads.len());
         let mut uids = HashSet::new();
         let mut ips: HashMap<IpAddr, String> = HashMap::new();
@@ -297,13 +339,36 @@ impl Validator<'_> {
                 .map_err(|err| {
                     self.error(at("serviceAccount"), &w.service_account, err.to_string())
                 })?;
-            if w.protocol == Protocol::Hbone && w.ips.is_empty() {
-                return Err(self.error(
-                    at("ips"),
-                    &w.uid,
-                    "a workload with protocol HBONE needs at least one IP".into(),
-                ));
-            }
+            let protocol = match w.protocol {
+                Some(Protocol::Hbone) if w.host_network => {
+                    return Err(self.error(
+                        at("protocol"),
+                        &w.uid,
+                        "a hostNetwork pod is never in the mesh (its netns is the node's)".into(),
+                    ));
+                }
+                Some(Protocol::Hbone) if w.ips.is_empty() => {
+                    return Err(self.error(
+                        at("ips"),
+                        &w.uid,
+                        "a workload with protocol HBONE needs at least one IP".into(),
+                    ));
+                }
+                Some(protocol) => protocol,
+                None => {
+                    let facts = PodFacts {
+                        namespace: &w.namespace,
+                        labels: &w.labels,
+                        host_network: w.host_network,
+                    };
+                    let ns_labels = namespaces.get(&w.namespace).map(|n| &n.labels);
+                    if decide(facts, ns_labels, self.mesh_namespace).is_ambient() {
+                        Protocol::Hbone
+                    } else {
+                        Protocol::Tcp
+                    }
+                }
+            };
             for (j, ip) in w.ips.iter().enumerate() {
                 if let Some(other) = ips.insert(*ip, w.uid.clone()) {
                     return Err(self.error(
@@ -313,11 +378,12 @@ impl Validator<'_> {
                     ));
                 }
             }
-            let netns = w.netns.unwrap_or_else(|| w.name.clone());
-            if netns.is_empty() || netns.contains('/') || netns == "." || netns == ".." {
+            if let Some(netns) = &w.netns
+                && (netns.is_empty() || netns.contains('/') || netns == "." || netns == "..")
+            {
                 return Err(self.error(
                     at("netns"),
-                    &netns,
+                    netns,
                     format!("{netns:?} is not a network namespace name"),
                 ));
             }
@@ -329,8 +395,9 @@ impl Validator<'_> {
                 node: w.node,
                 ips: w.ips,
                 labels: w.labels,
-                protocol: w.protocol,
-                netns,
+                protocol,
+                netns: w.netns,
+                host_network: w.host_network,
                 status: w.status,
                 waypoint: w.waypoint,
                 identity,
@@ -404,7 +471,8 @@ impl Validator<'_> {
                 waypoint: s.waypoint,
             });
         }
-        Ok(ConfigSnapshot::new(workloads, services))
+        Ok(ConfigSnapshot::new(workloads, services)
+            .with_namespaces(namespaces, self.mesh_namespace))
     }
 }
 
@@ -460,7 +528,7 @@ services:
             "spiffe://cluster.local/ns/default/sa/sa-a"
         );
         assert!(a.in_mesh());
-        assert_eq!(a.netns, "a");
+        assert_eq!(a.netns, None);
         let b = snap.workload_by_uid("default/b").unwrap();
         assert_eq!(b.service_account, "default");
         assert!(!b.in_mesh() && !b.is_healthy());

@@ -1,11 +1,11 @@
 //! An immutable, indexed view of one config version.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::model::{Service, Workload};
+use super::model::{Namespace, Service, Workload};
 use crate::policy::PolicySet;
 
 /// A service with its endpoints resolved, and its load-balancing cursor.
@@ -36,6 +36,8 @@ pub struct ConfigSnapshot {
     /// Workload uids in file order.
     order: Vec<String>,
     services: Vec<Arc<ServiceEntry>>,
+    namespaces: BTreeMap<String, Namespace>,
+    mesh_namespace: String,
     policies: PolicySet,
 }
 
@@ -68,6 +70,32 @@ impl ConfigSnapshot {
             snap.services.push(entry);
         }
         snap
+    }
+
+    pub(super) fn with_namespaces(
+        mut self,
+        namespaces: BTreeMap<String, Namespace>,
+        mesh_namespace: &str,
+    ) -> Self {
+        self.namespaces = namespaces;
+        mesh_namespace.clone_into(&mut self.mesh_namespace);
+        self
+    }
+
+    /// Namespaces the config lists (with their labels), by name.
+    pub fn namespaces(&self) -> &BTreeMap<String, Namespace> {
+        &self.namespaces
+    }
+
+    /// The mesh's own namespace (its pods are never enrolled).
+    pub fn mesh_namespace(&self) -> &str {
+        &self.mesh_namespace
+    }
+
+    /// The workload named `name` in `namespace`.
+    pub fn workload_by_name(&self, namespace: &str, name: &str) -> Option<&Arc<Workload>> {
+        self.workloads()
+            .find(|w| w.namespace == namespace && w.name == name)
     }
 
     pub(super) fn with_policies(mut self, policies: PolicySet) -> Self {

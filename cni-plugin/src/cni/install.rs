@@ -1,0 +1,1 @@
+//! Placeholder: the CNI config installer (being written).

@@ -1,0 +1,1 @@
+//! Placeholder: the amesh-cni plugin logic (being written).
