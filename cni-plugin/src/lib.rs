@@ -11,5 +11,6 @@ pub mod capture;
 pub mod cni;
 pub mod enroll;
 pub mod netns;
+pub mod node_netns;
 pub mod uninstall;
 pub mod zds_server;

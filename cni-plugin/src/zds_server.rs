@@ -14,9 +14,10 @@
 //! traffic is refused rather than sent around the mesh.
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::os::fd::AsFd;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use amesh_core::zds::proto::{
@@ -62,6 +63,20 @@ pub struct ZdsStatus {
 pub struct ZdsRegistry {
     pods: Arc<watch::Sender<Arc<PodSet>>>,
     status: Arc<watch::Sender<ZdsStatus>>,
+    /// Per pod uid, what ztunnel answered to its latest `AddWorkload`
+    /// (empty: served). The CNI ADD reply and CHECK read it.
+    acks: Arc<Mutex<HashMap<String, String>>>,
+}
+
+/// Why a pod is not (yet) served by ztunnel.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotServed {
+    #[error("no ztunnel is connected to the node agent (waited {0:?})")]
+    NoZtunnel(Duration),
+    #[error("ztunnel did not take the pod within {0:?}")]
+    Timeout(Duration),
+    #[error("ztunnel refused the pod: {0}")]
+    Refused(String),
 }
 
 impl Default for ZdsRegistry {
@@ -75,6 +90,53 @@ impl ZdsRegistry {
         Self {
             pods: Arc::new(watch::Sender::new(Arc::new(PodSet::default()))),
             status: Arc::new(watch::Sender::new(ZdsStatus::default())),
+            acks: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Waits until a connected ztunnel has applied `generation`, then
+    /// reports whether it serves `uid`. Unlike [`Self::wait_synced`], no
+    /// ztunnel is a failure: a pod is only ready once ztunnel listens in it.
+    pub async fn wait_served(
+        &self,
+        uid: &str,
+        generation: u64,
+        timeout: Duration,
+    ) -> Result<(), NotServed> {
+        let mut status = self.status.subscribe();
+        let done = status.wait_for(|s| s.connection.is_some() && s.synced_generation >= generation);
+        if !matches!(tokio::time::timeout(timeout, done).await, Ok(Ok(_))) {
+            return Err(if self.status.borrow().connection.is_none() {
+                NotServed::NoZtunnel(timeout)
+            } else {
+                NotServed::Timeout(timeout)
+            });
+        }
+        self.served(uid)
+    }
+
+    /// Whether the connected ztunnel took `uid` (without waiting).
+    pub fn served(&self, uid: &str) -> Result<(), NotServed> {
+        if self.status.borrow().connection.is_none() {
+            return Err(NotServed::NoZtunnel(Duration::ZERO));
+        }
+        let acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+        match acks.get(uid) {
+            Some(error) if error.is_empty() => Ok(()),
+            Some(error) => Err(NotServed::Refused(error.clone())),
+            None => Err(NotServed::Timeout(Duration::ZERO)),
+        }
+    }
+
+    fn record_ack(&self, uid: &str, error: Option<&str>) {
+        let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+        match error {
+            Some(error) => {
+                acks.insert(uid.to_owned(), error.to_owned());
+            }
+            None => {
+                acks.remove(uid);
+            }
         }
     }
 
@@ -237,7 +299,7 @@ pub async fn serve(
     }
     let mut sent = BTreeMap::new();
     let set = pods.borrow_and_update().clone();
-    apply(&conn, &mut sent, &set.pods, timeout).await?;
+    apply(&conn, &registry, &mut sent, &set.pods, timeout).await?;
     request(&conn, &WorkloadRequest::snapshot_sent(), None, timeout).await?;
     info!(
         connection = id,
@@ -254,7 +316,7 @@ pub async fn serve(
                     return Ok(());
                 }
                 let set = pods.borrow_and_update().clone();
-                apply(&conn, &mut sent, &set.pods, timeout).await?;
+                apply(&conn, &registry, &mut sent, &set.pods, timeout).await?;
                 registry.set_status(id, set.generation);
             }
             // ztunnel speaks only when spoken to: this is EOF (or a
@@ -275,6 +337,7 @@ pub async fn serve(
 /// with the netns fd for new ones.
 async fn apply(
     conn: &ZdsConnection,
+    registry: &ZdsRegistry,
     sent: &mut BTreeMap<String, Arc<ZdsPod>>,
     wanted: &BTreeMap<String, Arc<ZdsPod>>,
     timeout: Duration,
@@ -287,6 +350,7 @@ async fn apply(
     for uid in stale {
         let ack = request(conn, &WorkloadRequest::del(uid.as_str()), None, timeout).await?;
         sent.remove(&uid);
+        registry.record_ack(&uid, None);
         if ack.is_empty() {
             debug!(%uid, "ztunnel removed pod");
         } else {
@@ -303,6 +367,7 @@ async fn apply(
         // same way; the pod's capture stays, so its traffic is refused
         // (fail closed) until ztunnel reconnects and gets a new snapshot.
         sent.insert(uid.clone(), pod.clone());
+        registry.record_ack(uid, Some(&ack));
         if ack.is_empty() {
             debug!(%uid, "ztunnel added pod");
         } else {

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use amesh_cni::capture::{Capture, CaptureConfig, NftablesCapture, NodeProbeSnat, PodNetns};
 use amesh_cni::enroll::{EnrollConfig, Enroller};
-use amesh_cni::uninstall::uninstall;
+use amesh_cni::node_netns::NetnsScanner;
+use amesh_cni::uninstall::{Targets, uninstall};
 use amesh_cni::zds_server::{ZdsRegistry, ZdsServer};
 use amesh_core::config::{ConfigWatcher, WatchConfig, load_file};
 use amesh_core::zds::proto::{
@@ -105,6 +106,7 @@ impl Drop for Agent {
 
 fn start_agent(config: &Path, socket: &Path, node_ns: &TestNetns) -> Agent {
     let watcher = ConfigWatcher::start(WatchConfig::new(config, "cluster.local")).unwrap();
+    let watcher_rx = watcher.subscribe();
     let registry = ZdsRegistry::new();
     let listener = ZdsListener::bind(socket).unwrap();
     let server = tokio::spawn(ZdsServer::new(listener, registry.clone(), T).run());
@@ -114,14 +116,24 @@ fn start_agent(config: &Path, socket: &Path, node_ns: &TestNetns) -> Agent {
         EnrollConfig {
             node: NODE.into(),
             netns_dir: PathBuf::from("/var/run/netns"),
+            // The config names every pod's netns: nothing to search for.
+            scan_proc: false,
             recheck_interval: Duration::from_millis(100),
             zds_sync_timeout: T,
+            serve_timeout: T,
+            state_file: None,
+            enrolled_file: None,
         },
         capture,
         probe,
         registry,
     );
-    let enroller = tokio::spawn(enroller.run(watcher.subscribe()));
+    // No CNI plugin in these tests: the command channel stays idle.
+    let (commands, command_rx) = tokio::sync::mpsc::channel(1);
+    let enroller = tokio::spawn(async move {
+        let _commands = commands;
+        enroller.run(watcher_rx, command_rx).await;
+    });
     Agent {
         enroller,
         server,
@@ -334,10 +346,15 @@ async fn pods_are_enrolled_handed_over_and_released() {
     };
     write_config(&config, &[d]);
     let snapshot = load_file(&config, "cluster.local").unwrap();
+    let scanner = NetnsScanner::new(Vec::new(), false);
     let report = uninstall(
-        &snapshot,
-        Some(NODE),
-        Path::new("/var/run/netns"),
+        &Targets {
+            snapshot: &snapshot,
+            node: Some(NODE),
+            netns_dir: Path::new("/var/run/netns"),
+            record: &Default::default(),
+            scanner: &scanner,
+        },
         &capture,
         &probe,
     );

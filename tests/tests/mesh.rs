@@ -449,7 +449,11 @@ fn capture_state(mesh: &Mesh, pod: &str) -> String {
     let backend = match mesh.capture() {
         Capture::Nftables => stdout("nft", &["list", "ruleset"]),
         Capture::Ebpf | Capture::Auto => {
-            let pin = mesh.bpf_pin_dir(p.node).join("pods").join(&p.netns);
+            let cookie = amesh_tests::harness::netns::cookie(&p.netns).unwrap();
+            let pin = mesh
+                .bpf_pin_dir(p.node)
+                .join("pods")
+                .join(format!("c{cookie}"));
             format!(
                 "sk_lookup link pinned: {}\ntcp_fwmark_accept={}",
                 pin.exists(),

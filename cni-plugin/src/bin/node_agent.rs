@@ -1,10 +1,14 @@
 //! amesh-node-agent: enrolls this node's ambient pods (capture in their
 //! netns) and hands them to ztunnel over ZDS.
 //!
-//! `amesh-node-agent --node N --config PATH --zds-socket PATH` runs the agent;
-//! SIGTERM/SIGINT stop it and leave capture in place (an agent restart must
-//! not open a window where pods' traffic bypasses ztunnel).
-//! `amesh-node-agent uninstall --config PATH` removes capture explicitly.
+//! `amesh-node-agent --node N --config PATH --zds-socket PATH` runs the agent:
+//! it serves the `amesh-cni` plugin on `--cni-socket`, keeps the node state
+//! file the plugin falls back on, and, given `--cni-bin-dir` and
+//! `--cni-conf-dir`, installs the plugin into the node's CNI chain.
+//! SIGTERM/SIGINT stop it and leave capture and the plugin in place (an
+//! agent restart must not open a window where pods' traffic bypasses
+//! ztunnel, nor let ambient pods start uncaptured).
+//! `amesh-node-agent uninstall ...` removes everything explicitly.
 
 use std::io::IsTerminal;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -17,14 +21,20 @@ use amesh_cni::capture::{
     Capture, CaptureConfig, DEFAULT_PROBE_SNAT_V4, DEFAULT_PROBE_SNAT_V6, EbpfCapture,
     EbpfSettings, NftablesCapture, NodeProbeSnat,
 };
-use amesh_cni::enroll::{EnrollConfig, Enroller};
-use amesh_cni::uninstall::uninstall;
+use amesh_cni::cni::install::{self, InstallConfig};
+use amesh_cni::cni::protocol::{DEFAULT_SOCKET, DEFAULT_STATE_FILE};
+use amesh_cni::cni::server::CniServer;
+use amesh_cni::cni::state::NodeState;
+use amesh_cni::enroll::{EnrollConfig, Enroller, read_record};
+use amesh_cni::node_netns::NetnsScanner;
+use amesh_cni::uninstall::{Targets, uninstall};
 use amesh_cni::zds_server::{ZdsRegistry, ZdsServer};
 use amesh_core::config::{ConfigWatcher, WatchConfig, load_file};
 use amesh_core::zds::ZdsListener;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
@@ -33,6 +43,8 @@ const ZDS_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often pods whose netns is missing (or whose capture failed) are
 /// retried, and enrolled pods' netns are checked.
 const RECHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// CNI requests waiting for the enroller.
+const CNI_QUEUE: usize = 64;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,8 +62,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Remove capture from the pods the config names and the node's probe
-    /// SNAT table.
+    /// Remove everything the agent installed on this node: the plugin and
+    /// its CNI config entry, capture from every pod it captured, the probe
+    /// SNAT table, the eBPF pins and the agent's state.
     Uninstall(UninstallArgs),
 }
 
@@ -79,6 +92,19 @@ struct RunArgs {
     zds_socket: Option<PathBuf>,
     #[arg(long, default_value = "/var/run/netns")]
     netns_dir: PathBuf,
+    /// Also look for pods' netns among running processes' (runtimes that
+    /// bind-mount none); the netns dir is always searched.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    scan_proc: bool,
+    #[command(flatten)]
+    cni: CniArgs,
+    /// How long a CNI ADD for a pod of an ambient namespace waits for the
+    /// pod to appear in the config.
+    #[arg(long, default_value_t = 10)]
+    cni_pod_wait_secs: u64,
+    /// How long a CNI ADD waits for ztunnel to serve the pod.
+    #[arg(long, default_value_t = 20)]
+    cni_serve_timeout_secs: u64,
     #[arg(long, value_enum, default_value = "auto")]
     capture: CaptureBackend,
     /// bpffs directory for the eBPF backend's programs, links and maps.
@@ -105,12 +131,52 @@ struct RunArgs {
     trust_domain: String,
 }
 
+/// Where the plugin talks to the agent and what the agent installs.
+#[derive(Debug, Args)]
+struct CniArgs {
+    /// The socket the plugin asks the agent on (root-only directory).
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    cni_socket: PathBuf,
+    /// The node state file the plugin decides from when the agent is down;
+    /// the agent's other state lives next to it.
+    #[arg(long, default_value = DEFAULT_STATE_FILE)]
+    state_file: PathBuf,
+    /// The host's CNI bin dir: `amesh-cni` is copied there. With
+    /// `--cni-conf-dir`, turns plugin installation on.
+    #[arg(long)]
+    cni_bin_dir: Option<PathBuf>,
+    /// The host's CNI config dir: `amesh-cni` is appended to the active
+    /// chain there, and again whenever the primary CNI rewrites it.
+    #[arg(long)]
+    cni_conf_dir: Option<PathBuf>,
+    /// The plugin binary to install (default: `amesh-cni` beside this one).
+    #[arg(long)]
+    cni_plugin_binary: Option<PathBuf>,
+}
+
+impl CniArgs {
+    fn state_dir(&self) -> PathBuf {
+        self.state_file
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    fn enrolled_file(&self) -> PathBuf {
+        self.state_dir().join("enrolled.json")
+    }
+}
+
 #[derive(Debug, Args)]
 struct UninstallArgs {
     #[arg(long)]
     config: PathBuf,
     #[arg(long, default_value = "/var/run/netns")]
     netns_dir: PathBuf,
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    scan_proc: bool,
+    #[command(flatten)]
+    cni: CniArgs,
     /// Only this node's workloads (default: every workload in the config).
     #[arg(long)]
     node: Option<String>,
@@ -152,10 +218,11 @@ async fn run_agent(args: RunArgs) -> anyhow::Result<()> {
         probe_snat_v4: args.probe_snat_ip,
         probe_snat_v6: args.probe_snat_ip6,
     };
+    let scanner = NetnsScanner::new(vec![args.netns_dir.clone()], args.scan_proc);
     let ebpf_settings = EbpfSettings {
         pin_dir: args.bpf_pin_dir.clone(),
         short_circuit: args.short_circuit,
-        netns_dir: args.netns_dir.clone(),
+        scanner,
     };
     let capture = select_backend(args.capture, &capture_config, &ebpf_settings)?;
     let watcher = ConfigWatcher::start(WatchConfig::new(&config_path, &args.trust_domain))
@@ -164,25 +231,40 @@ async fn run_agent(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding ZDS socket {}", zds_socket.display()))?;
     info!(%node, config = %config_path.display(), zds = %zds_socket.display(), netns_dir = %args.netns_dir.display(), "node agent started");
 
+    let (commands, command_rx) = mpsc::channel(CNI_QUEUE);
+    let cni_server = CniServer::bind(
+        &args.cni.cni_socket,
+        commands,
+        watcher.subscribe(),
+        Duration::from_secs(args.cni_pod_wait_secs),
+    )
+    .with_context(|| format!("binding CNI socket {}", args.cni.cni_socket.display()))?;
     let registry = ZdsRegistry::new();
     let server = ZdsServer::new(listener, registry.clone(), ZDS_TIMEOUT);
     let enroller = Enroller::new(
         EnrollConfig {
             node,
             netns_dir: args.netns_dir,
+            scan_proc: args.scan_proc,
             recheck_interval: RECHECK_INTERVAL,
             zds_sync_timeout: ZDS_TIMEOUT * 2,
+            serve_timeout: Duration::from_secs(args.cni_serve_timeout_secs),
+            state_file: Some(args.cni.state_file.clone()),
+            enrolled_file: Some(args.cni.enrolled_file()),
         },
         capture,
         NodeProbeSnat::new(capture_config),
         registry,
     );
+    let installer = plugin_installer(&args.cni)?;
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     tokio::select! {
         () = server.run() => anyhow::bail!("ZDS server stopped"),
-        () = enroller.run(watcher.subscribe()) => anyhow::bail!("enrollment stopped"),
+        () = cni_server.run() => anyhow::bail!("CNI server stopped"),
+        () = enroller.run(watcher.subscribe(), command_rx) => anyhow::bail!("enrollment stopped"),
+        () = keep_installed(installer) => anyhow::bail!("CNI plugin installer stopped"),
         _ = sigterm.recv() => info!("SIGTERM: exiting, capture stays in place"),
         _ = sigint.recv() => info!("SIGINT: exiting, capture stays in place"),
     }
@@ -227,13 +309,25 @@ fn select_backend(
 fn run_uninstall(args: UninstallArgs) -> anyhow::Result<()> {
     let snapshot = load_file(&args.config, &args.trust_domain)
         .with_context(|| format!("loading {}", args.config.display()))?;
+    // The plugin first: from here on no new pod is sent to the agent.
+    if let Some(installer) = plugin_installer(&args.cni)? {
+        let report = install::uninstall(&installer)
+            .context("removing amesh-cni from the node's CNI config")?;
+        info!(?report, "amesh-cni removed from the CNI chain and bin dir");
+    }
     // Removal does not depend on ports: defaults are fine here.
     let capture = NftablesCapture::new(CaptureConfig::default());
     let probe = NodeProbeSnat::new(CaptureConfig::default());
+    let record = read_record(&args.cni.enrolled_file());
+    let scanner = NetnsScanner::new(vec![args.netns_dir.clone()], args.scan_proc);
     let report = uninstall(
-        &snapshot,
-        args.node.as_deref(),
-        &args.netns_dir,
+        &Targets {
+            snapshot: &snapshot,
+            node: args.node.as_deref(),
+            netns_dir: &args.netns_dir,
+            record: &record,
+            scanner: &scanner,
+        },
         &capture,
         &probe,
     );
@@ -241,7 +335,7 @@ fn run_uninstall(args: UninstallArgs) -> anyhow::Result<()> {
         cleaned = report.cleaned,
         missing = report.missing,
         failed = report.failed,
-        "uninstall finished"
+        "capture removed from pods"
     );
     // Pods first (their routes), then every program and map of the eBPF
     // backend (its links' pins are all that keep the programs attached).
@@ -249,5 +343,77 @@ fn run_uninstall(args: UninstallArgs) -> anyhow::Result<()> {
         .with_context(|| format!("removing {}", args.bpf_pin_dir.display()))?;
     info!(pins = %args.bpf_pin_dir.display(), "eBPF pins removed");
     anyhow::ensure!(report.failed == 0, "{} removals failed", report.failed);
+    // Last, the agent's own state: what is left of it is only useful to
+    // an agent that will not come back.
+    remove_state(&args.cni)?;
+    info!("uninstall finished");
     Ok(())
+}
+
+/// The state file, the enrolled record, the CNI socket and the plugin's
+/// config backups; the state dir too when nothing else is in it.
+fn remove_state(cni: &CniArgs) -> anyhow::Result<()> {
+    NodeState::remove(&cni.state_file)?;
+    for file in [cni.enrolled_file(), cni.cni_socket.clone()] {
+        match std::fs::remove_file(&file) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                return Err(err).with_context(|| format!("removing {}", file.display()));
+            }
+            _ => {}
+        }
+    }
+    let backups = backup_dir(cni);
+    match std::fs::remove_dir_all(&backups) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            return Err(err).with_context(|| format!("removing {}", backups.display()));
+        }
+        _ => {}
+    }
+    // Only if empty: the directory may be shared.
+    let _ = std::fs::remove_dir(cni.state_dir());
+    Ok(())
+}
+
+/// What installing the plugin on this node means, when both host dirs are
+/// given.
+fn plugin_installer(cni: &CniArgs) -> anyhow::Result<Option<InstallConfig>> {
+    let (Some(bin_dir), Some(conf_dir)) = (&cni.cni_bin_dir, &cni.cni_conf_dir) else {
+        if cni.cni_bin_dir.is_some() || cni.cni_conf_dir.is_some() {
+            anyhow::bail!("--cni-bin-dir and --cni-conf-dir go together");
+        }
+        return Ok(None);
+    };
+    let plugin_binary = match &cni.cni_plugin_binary {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()
+            .context("locating this binary to find amesh-cni beside it")?
+            .with_file_name(install::PLUGIN_TYPE),
+    };
+    let mut entry = serde_json::Map::new();
+    entry.insert("type".into(), install::PLUGIN_TYPE.into());
+    entry.insert("socket".into(), cni.cni_socket.display().to_string().into());
+    entry.insert(
+        "stateFile".into(),
+        cni.state_file.display().to_string().into(),
+    );
+    Ok(Some(InstallConfig {
+        bin_dir: bin_dir.clone(),
+        conf_dir: conf_dir.clone(),
+        plugin_binary,
+        entry,
+        backup_dir: backup_dir(cni),
+    }))
+}
+
+/// Keeps the plugin in the chain for as long as the agent runs (without an
+/// installer: forever idle).
+async fn keep_installed(installer: Option<InstallConfig>) {
+    match installer {
+        Some(installer) => install::watch(installer).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn backup_dir(cni: &CniArgs) -> PathBuf {
+    cni.state_dir().join("cni-backup")
 }

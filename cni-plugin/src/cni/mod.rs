@@ -11,4 +11,5 @@
 pub mod install;
 pub mod plugin;
 pub mod protocol;
+pub mod server;
 pub mod state;

@@ -186,7 +186,10 @@ workloads:
     fn decides_as_the_agent_would() {
         let snapshot = parse(CONFIG, Path::new("mesh.yaml"), "cluster.local").unwrap_or_default();
         let state = NodeState::from_snapshot(&snapshot, "n1");
-        assert_eq!(state.ambient_namespaces, BTreeSet::from(["shop".to_owned()]));
+        assert_eq!(
+            state.ambient_namespaces,
+            BTreeSet::from(["shop".to_owned()])
+        );
         assert_eq!(state.decide("shop", "web"), OfflineDecision::Ambient);
         assert_eq!(state.decide("shop", "new-pod"), OfflineDecision::Ambient);
         assert_eq!(state.decide("shop", "db"), OfflineDecision::NotAmbient);
@@ -195,7 +198,10 @@ workloads:
         assert_eq!(state.decide("misc", "other"), OfflineDecision::NotAmbient);
         // Another node's pods are not this node's business.
         assert!(!state.pods.contains_key("misc/far"));
-        assert_eq!(state.decide("amesh-system", "agent"), OfflineDecision::NotAmbient);
+        assert_eq!(
+            state.decide("amesh-system", "agent"),
+            OfflineDecision::NotAmbient
+        );
     }
 
     #[test]
@@ -209,7 +215,10 @@ workloads:
         let back = NodeState::read(&path).ok().flatten();
         assert_eq!(back.as_ref(), Some(&state));
         std::fs::write(&path, "{not json").unwrap_or_default();
-        let err = NodeState::read(&path).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = NodeState::read(&path)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("is not valid"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -13,8 +13,8 @@ use std::path::Path;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 
-use super::error::ConfigError;
 use super::enrollment::{PodFacts, decide};
+use super::error::ConfigError;
 use super::model::{
     HealthStatus, Namespace, Protocol, Service, ServicePort, WaypointRef, Workload,
 };

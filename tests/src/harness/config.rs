@@ -1,16 +1,25 @@
 //! The YAML config both ztunnel and the node agent read: workloads and
 //! services of the mesh, camelCase keys.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use amesh_core::config::enrollment::{
+    DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE,
+};
 use anyhow::{Context, Result};
 
 use super::topology::{Pod, Service};
 
 /// Renders the config for `pods` and `services`.
 pub fn render(pods: &[Pod], services: &[Service]) -> String {
+    render_with(pods, services, true)
+}
+
+/// `explicit`: each pod's protocol and netns are written out.
+fn render_with(pods: &[Pod], services: &[Service], explicit: bool) -> String {
     let mut out = String::new();
     if pods.is_empty() {
         out.push_str("workloads: []\n");
@@ -18,11 +27,6 @@ pub fn render(pods: &[Pod], services: &[Service]) -> String {
         out.push_str("workloads:\n");
     }
     for pod in pods {
-        let labels: Vec<String> = pod
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{}: {}", scalar(k), scalar(v)))
-            .collect();
         // writeln! into a String cannot fail.
         let _ = writeln!(out, "  - uid: {}", scalar(&pod.uid));
         let _ = writeln!(out, "    name: {}", scalar(&pod.name));
@@ -30,13 +34,15 @@ pub fn render(pods: &[Pod], services: &[Service]) -> String {
         let _ = writeln!(out, "    serviceAccount: {}", scalar(&pod.service_account));
         let _ = writeln!(out, "    node: {}", scalar(&pod.node_name));
         let _ = writeln!(out, "    ips: [{}, {}]", pod.ip, pod.ip6());
-        let _ = writeln!(out, "    labels: {{{}}}", labels.join(", "));
-        let _ = writeln!(
-            out,
-            "    protocol: {}",
-            if pod.mesh { "HBONE" } else { "TCP" }
-        );
-        let _ = writeln!(out, "    netns: {}", scalar(&pod.netns));
+        let _ = writeln!(out, "    labels: {{{}}}", flow_labels(&pod.labels));
+        if explicit {
+            let _ = writeln!(
+                out,
+                "    protocol: {}",
+                if pod.mesh { "HBONE" } else { "TCP" }
+            );
+            let _ = writeln!(out, "    netns: {}", scalar(&pod.netns));
+        }
     }
     if services.is_empty() {
         out.push_str("services: []\n");
@@ -59,6 +65,50 @@ pub fn render(pods: &[Pod], services: &[Service]) -> String {
         let _ = writeln!(out, "    endpoints: [{}]", endpoints.join(", "));
     }
     out
+}
+
+/// Renders the config of a CNI mesh: namespaces with their labels, pods
+/// without protocol or netns (the agent derives enrollment from the labels
+/// and learns each pod's netns from the CNI plugin or by its IP).
+pub fn render_cni(
+    namespaces: &BTreeMap<String, BTreeMap<String, String>>,
+    pods: &[Pod],
+    services: &[Service],
+) -> String {
+    let mut out = String::new();
+    if namespaces.is_empty() {
+        out.push_str("namespaces: []\n");
+    } else {
+        out.push_str("namespaces:\n");
+    }
+    for (name, labels) in namespaces {
+        let _ = writeln!(out, "  - name: {}", scalar(name));
+        let _ = writeln!(out, "    labels: {{{}}}", flow_labels(labels));
+    }
+    let mut rendered = Vec::with_capacity(pods.len());
+    for pod in pods {
+        let mut pod = pod.clone();
+        if !pod.follows_namespace {
+            let mode = if pod.mesh {
+                DATAPLANE_MODE_AMBIENT
+            } else {
+                DATAPLANE_MODE_NONE
+            };
+            pod.labels
+                .insert(DATAPLANE_MODE_LABEL.to_owned(), mode.to_owned());
+        }
+        rendered.push(pod);
+    }
+    out.push_str(&render_with(&rendered, services, false));
+    out
+}
+
+fn flow_labels(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{}: {}", scalar(k), scalar(v)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A YAML string: plain when that cannot be misread (as a number, bool,
@@ -133,6 +183,7 @@ mod tests {
             ip: Ipv4Addr::new(10, 244, 0, 2),
             netns: "amt123x0-client".into(),
             mesh: true,
+            follows_namespace: false,
             index: 0,
         };
         let svc = Service {

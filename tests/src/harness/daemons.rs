@@ -26,7 +26,7 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 const LOG_TAIL: usize = 40;
 
 impl Mesh {
-    fn node_dir(&self, node: usize) -> PathBuf {
+    pub(super) fn node_dir(&self, node: usize) -> PathBuf {
         self.dir.join(format!("node-{node}"))
     }
 
@@ -82,6 +82,7 @@ impl Mesh {
             "--bpf-pin-dir".into(),
             self.bpf_pin_dir(node).into(),
         ];
+        extra.extend(self.agent_cni_args(node)?.into_iter().map(OsString::from));
         extra.extend(self.daemons.agent_args.iter().map(OsString::from));
         self.daemon_spec(node, AGENT_BIN, extra)
     }
@@ -92,8 +93,10 @@ impl Mesh {
         self.daemon_spec(node, ZTUNNEL_BIN, extra)
     }
 
-    /// Starts every node's agent and ztunnel, then waits until every mesh pod
-    /// has ztunnel's HBONE listener (bounded by the builder's ready timeout).
+    /// Starts every node's agent and ztunnel (in a CNI mesh, then creates
+    /// the pods through each node's CNI chain), then waits until every mesh
+    /// pod has ztunnel's HBONE listener (bounded by the builder's ready
+    /// timeout).
     pub fn start(&mut self) -> Result<()> {
         std::fs::create_dir_all(self.ca_dir()).context("create CA dir")?;
         for node in 0..self.nodes.len() {
@@ -101,11 +104,12 @@ impl Mesh {
             self.wait_agent_socket(node)?;
             self.start_ztunnel(node)?;
         }
+        self.create_cni_pods()?;
         let timeout = self.daemons.ready_timeout;
         let mesh_pods: Vec<String> = self
             .pods
             .iter()
-            .filter(|p| p.mesh)
+            .filter(|p| self.pod_in_mesh(p))
             .map(|p| p.name.clone())
             .collect();
         for pod in mesh_pods {
@@ -136,6 +140,11 @@ impl Mesh {
         self.daemon_mut(node, ZTUNNEL_BIN)?
             .stop(STOP_GRACE)
             .map(drop)
+    }
+
+    /// SIGTERM, then SIGKILL after a grace period; capture stays.
+    pub fn stop_agent(&mut self, node: usize) -> Result<()> {
+        self.daemon_mut(node, AGENT_BIN)?.stop(STOP_GRACE).map(drop)
     }
 
     pub fn kill_agent(&mut self, node: usize) -> Result<()> {

@@ -19,6 +19,8 @@
 mod apps;
 mod capture;
 mod client;
+pub mod cni;
+mod cni_pods;
 mod config;
 mod daemons;
 mod http;

@@ -16,6 +16,16 @@ pub fn new_prefix() -> String {
     format!("{NETNS_PREFIX}{}x{n}-", std::process::id())
 }
 
+/// The second octet of a CNI mesh's pod addresses (200-239), different for
+/// each CNI mesh of this process: node agents search every namespace of the
+/// machine for a pod's IP, so meshes running at once must not share pod
+/// addresses. Other meshes use 244.
+pub fn cni_pod_range() -> u8 {
+    static RANGES: AtomicU32 = AtomicU32::new(0);
+    let n = RANGES.fetch_add(1, Ordering::Relaxed);
+    200 + (n % 40) as u8
+}
+
 /// Names of namespaces in `/var/run/netns` that start with `prefix`.
 pub fn leftovers(prefix: &str) -> Vec<String> {
     let mut names: Vec<String> = netns::list()

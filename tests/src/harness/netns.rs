@@ -136,3 +136,28 @@ pub fn sysctl(name: &str, key: &str) -> Result<String> {
         .with_context(|| format!("read sysctl {key} in {name}"))?;
     Ok(text.trim().to_string())
 }
+
+/// The kernel's cookie of netns `name` (what eBPF programs and the node
+/// agent's pin names use), read through SO_NETNS_COOKIE.
+pub fn cookie(name: &str) -> Result<u64> {
+    in_netns(name, || -> std::io::Result<u64> {
+        let socket = std::os::unix::net::UnixDatagram::unbound()?;
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        // SAFETY: a valid socket fd and a u64 buffer of the stated size.
+        let rc = unsafe {
+            libc::getsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                libc::SOL_SOCKET,
+                libc::SO_NETNS_COOKIE,
+                (&raw mut cookie).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(cookie)
+    })?
+    .with_context(|| format!("SO_NETNS_COOKIE in {name}"))
+}

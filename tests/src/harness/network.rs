@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use anyhow::{Context, Result};
 
 use super::netns;
-use super::topology::{Node, Pod};
+use super::topology::{Node, Pod, v6_hextet};
 
 /// Fabric bridge, and the per-node pod bridge (as the CNI bridge plugin names it).
 /// Both without multicast snooping: IPv6 neighbour discovery is multicast, and
@@ -18,7 +18,7 @@ const POD_BRIDGE: &str = "cni0";
 
 /// Pod netns sysctls: connection-rate benchmarks exhaust the default
 /// ephemeral port range within about a second.
-const POD_SYSCTLS: &[(&str, &str)] = &[
+pub(super) const POD_SYSCTLS: &[(&str, &str)] = &[
     ("net.ipv4.ip_local_port_range", "1024 65000"),
     ("net.ipv4.tcp_tw_reuse", "1"),
     ("net.ipv6.conf.all.accept_dad", "0"),
@@ -84,15 +84,16 @@ pub fn create_nodes(created: &mut Vec<String>, fabric: &str, nodes: &[Node]) -> 
         );
         let _ = writeln!(script, "link set {POD_BRIDGE} up");
         for other in nodes.iter().filter(|o| o.index != node.index) {
+            let [_, range, index, _] = other.pod_gateway.octets();
             let _ = writeln!(
                 script,
-                "route add 10.244.{}.0/24 via {}",
-                other.index, other.underlay_ip
+                "route add 10.{range}.{index}.0/24 via {}",
+                other.underlay_ip
             );
             let _ = writeln!(
                 script,
-                "route add fd00:10:244:{}::/64 via {}",
-                other.index,
+                "route add fd00:10:{:x}:{index:x}::/64 via {}",
+                v6_hextet(range),
                 other.underlay_ip6()
             );
         }

@@ -27,6 +27,7 @@ pub struct PodSpec {
     mesh: bool,
     service_account: String,
     labels: BTreeMap<String, String>,
+    follows_namespace: bool,
 }
 
 impl PodSpec {
@@ -39,7 +40,15 @@ impl PodSpec {
             mesh: true,
             service_account: "default".into(),
             labels: BTreeMap::new(),
+            follows_namespace: false,
         }
+    }
+
+    /// In a CNI mesh: no `istio.io/dataplane-mode` label of its own, so the
+    /// pod is in the mesh exactly when its namespace is.
+    pub fn follow_namespace(mut self) -> Self {
+        self.follows_namespace = true;
+        self
     }
 
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
@@ -47,7 +56,8 @@ impl PodSpec {
         self
     }
 
-    /// `false` makes a non-mesh pod (protocol TCP, not captured).
+    /// `false` makes a non-mesh pod (protocol TCP, not captured; in a CNI
+    /// mesh, labelled `istio.io/dataplane-mode=none`).
     pub fn mesh(mut self, mesh: bool) -> Self {
         self.mesh = mesh;
         self
@@ -127,7 +137,7 @@ pub struct Node {
     pub netns: String,
     /// `10.0.0.(index+1)` on the fabric.
     pub underlay_ip: Ipv4Addr,
-    /// `10.244.index.1` on cni0, the pods' default gateway.
+    /// `10.<pod octet>.index.1` on cni0, the pods' default gateway.
     pub pod_gateway: Ipv4Addr,
 }
 
@@ -147,6 +157,8 @@ pub struct Pod {
     pub netns: String,
     /// Mesh (HBONE) pod, or a non-mesh (plain TCP) one.
     pub mesh: bool,
+    /// CNI mesh: `mesh` is ignored, the namespace's label decides.
+    pub follows_namespace: bool,
     /// Index within its node: address `.index+2`, node-side veth `vp<index>`.
     pub(super) index: u16,
 }
@@ -159,8 +171,17 @@ impl Pod {
     /// The pod's IPv6 address (every pod is dual-stack):
     /// `fd00:10:244:<node>::<host>`, mirroring `10.244.<node>.<host>`.
     pub fn ip6(&self) -> Ipv6Addr {
-        let [_, _, node, host] = self.ip.octets();
-        Ipv6Addr::new(0xfd00, 0x10, 0x244, node.into(), 0, 0, 0, host.into())
+        let [_, range, node, host] = self.ip.octets();
+        Ipv6Addr::new(
+            0xfd00,
+            0x10,
+            v6_hextet(range),
+            node.into(),
+            0,
+            0,
+            0,
+            host.into(),
+        )
     }
 
     pub fn addr6(&self, port: u16) -> SocketAddr {
@@ -188,7 +209,7 @@ impl Node {
         Ipv6Addr::new(
             0xfd00,
             0x10,
-            0x244,
+            v6_hextet(self.pod_gateway.octets()[1]),
             self.pod_gateway.octets()[2].into(),
             0,
             0,
@@ -196,6 +217,12 @@ impl Node {
             1,
         )
     }
+}
+
+/// The IPv6 hextet that reads like the IPv4 octet (244 → `:244:`), so
+/// addresses of both families look alike in logs.
+pub(super) fn v6_hextet(octet: u8) -> u16 {
+    u16::from_str_radix(&octet.to_string(), 16).unwrap_or(u16::from(octet))
 }
 
 /// A service as written to the config.
@@ -237,6 +264,8 @@ pub struct MeshBuilder {
     nodes: usize,
     pods: Vec<PodSpec>,
     services: Vec<ServiceSpec>,
+    namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    cni: bool,
     daemons: DaemonSettings,
 }
 
@@ -253,6 +282,8 @@ impl MeshBuilder {
             nodes: 1,
             pods: Vec::new(),
             services: Vec::new(),
+            namespaces: BTreeMap::new(),
+            cni: false,
             daemons: DaemonSettings {
                 env: vec![("RUST_LOG".into(), "info".into())],
                 ztunnel_args: Vec::new(),
@@ -280,6 +311,33 @@ impl MeshBuilder {
 
     pub fn service(mut self, service: ServiceSpec) -> Self {
         self.services.push(service);
+        self
+    }
+
+    /// Pods are created the way a node creates them: each node runs the CNI
+    /// chain (bridge + host-local, with `amesh-cni` that the node agent
+    /// inserts) after its daemons start; the config lists namespaces and
+    /// labels instead of each pod's protocol and netns. The mesh gets a pod
+    /// range of its own (`10.<n>.<node>.0/24`), since the agent finds
+    /// running pods' netns by IP among all of the machine's namespaces.
+    pub fn cni(mut self) -> Self {
+        self.cni = true;
+        self
+    }
+
+    /// A namespace's labels (e.g. `istio.io/dataplane-mode: ambient`).
+    pub fn namespace_labels<K: Into<String>, V: Into<String>>(
+        mut self,
+        namespace: impl Into<String>,
+        labels: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        self.namespaces.insert(
+            namespace.into(),
+            labels
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        );
         self
     }
 
@@ -329,6 +387,11 @@ impl MeshBuilder {
             .tempdir()
             .context("create mesh temp dir")?;
         let dir = tmp.path().to_path_buf();
+        let pod_range = if self.cni {
+            naming::cni_pod_range()
+        } else {
+            DEFAULT_POD_RANGE
+        };
         let nodes: Vec<Node> = (0..self.nodes)
             .map(|i| {
                 let octet = i as u8;
@@ -337,7 +400,7 @@ impl MeshBuilder {
                     index: i,
                     netns: format!("{prefix}node-{i}"),
                     underlay_ip: Ipv4Addr::new(10, 0, 0, octet + 1),
-                    pod_gateway: Ipv4Addr::new(10, 244, octet, 1),
+                    pod_gateway: Ipv4Addr::new(10, pod_range, octet, 1),
                 }
             })
             .collect();
@@ -355,6 +418,9 @@ impl MeshBuilder {
             services: Vec::new(),
             created_netns: Vec::new(),
             apps: BTreeMap::new(),
+            namespaces: self.namespaces,
+            cni: self.cni,
+            pod_range,
             daemons: self.daemons,
         };
         for spec in self.pods {
@@ -362,7 +428,12 @@ impl MeshBuilder {
             mesh.pods.push(pod);
         }
         network::create_nodes(&mut mesh.created_netns, &mesh.fabric, &mesh.nodes)?;
-        network::create_pods(&mut mesh.created_netns, &mesh.nodes, &mesh.pods)?;
+        if mesh.cni {
+            // Pods come after the daemons, through the CNI chain (`start`).
+            mesh.write_cni_configs()?;
+        } else {
+            network::create_pods(&mut mesh.created_netns, &mesh.nodes, &mesh.pods)?;
+        }
         for spec in self.services {
             let service = mesh.resolve_service(spec)?;
             mesh.services.push(service);
@@ -391,7 +462,16 @@ pub struct Mesh {
     pub(super) daemon_state: Vec<NodeDaemons>,
     /// testapp per pod name.
     pub(super) apps: BTreeMap<String, Process>,
+    /// Namespace labels (rendered in CNI meshes).
+    pub(super) namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    /// Pods are created through the CNI chain (see [`MeshBuilder::cni`]).
+    pub(super) cni: bool,
+    /// Second octet of the pods' addresses.
+    pub(super) pod_range: u8,
 }
+
+/// Pod addresses of meshes whose pods are not created through CNI.
+const DEFAULT_POD_RANGE: u8 = 244;
 
 impl Mesh {
     /// `amt<pid>x<n>-`: every netns of this mesh starts with it.
@@ -451,7 +531,50 @@ impl Mesh {
 
     /// The config for the current pods and services.
     pub fn render_config(&self) -> String {
-        config::render(&self.pods, &self.services)
+        if self.cni {
+            config::render_cni(&self.namespaces, &self.pods, &self.services)
+        } else {
+            config::render(&self.pods, &self.services)
+        }
+    }
+
+    /// Whether the mesh's pods are created through the CNI chain.
+    pub fn is_cni(&self) -> bool {
+        self.cni
+    }
+
+    /// Whether `pod` should be in the mesh: its own setting, or in a CNI
+    /// mesh its namespace's label when it follows its namespace.
+    pub fn pod_in_mesh(&self, pod: &Pod) -> bool {
+        if self.cni && pod.follows_namespace {
+            self.namespace_is_ambient(&pod.namespace)
+        } else {
+            pod.mesh
+        }
+    }
+
+    pub fn namespace_is_ambient(&self, namespace: &str) -> bool {
+        self.namespaces
+            .get(namespace)
+            .and_then(|l| l.get(amesh_core::config::enrollment::DATAPLANE_MODE_LABEL))
+            .is_some_and(|v| v == amesh_core::config::enrollment::DATAPLANE_MODE_AMBIENT)
+    }
+
+    /// Replaces a namespace's labels and rewrites the config; the agents
+    /// act on the change (enrolling or releasing running pods).
+    pub fn set_namespace_labels<K: Into<String>, V: Into<String>>(
+        &mut self,
+        namespace: &str,
+        labels: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<()> {
+        self.namespaces.insert(
+            namespace.to_owned(),
+            labels
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        );
+        self.write_config()
     }
 
     /// (Re)writes the config file from the current pods and services.
@@ -468,6 +591,15 @@ impl Mesh {
     /// config (the agent acts on the config, so the netns must exist).
     pub fn add_pod(&mut self, spec: PodSpec) -> Result<&Pod> {
         let pod = self.allocate_pod(spec)?;
+        if self.cni {
+            // As in a cluster: the pod is known (with the addresses it will
+            // get) before its node's runtime runs the CNI chain.
+            let name = pod.name.clone();
+            self.pods.push(pod);
+            self.write_config()?;
+            self.create_pod_via_cni(&name)?;
+            return Ok(&self.pods[self.pods.len() - 1]);
+        }
         network::create_pods(
             &mut self.created_netns,
             &self.nodes,
@@ -488,12 +620,19 @@ impl Mesh {
             app.kill()?;
         }
         let pod = self.pods.remove(pos);
+        if self.cni {
+            // The runtime tears the sandbox down (CNI DEL), then the pod
+            // leaves the cluster's records.
+            self.delete_pod_via_cni(&pod)?;
+        }
         for service in &mut self.services {
             service.endpoints.retain(|uid| *uid != pod.uid);
         }
         self.write_config()?;
-        netns::delete_all(std::slice::from_ref(&pod.netns))?;
-        self.created_netns.retain(|n| *n != pod.netns);
+        if !self.cni {
+            netns::delete_all(std::slice::from_ref(&pod.netns))?;
+            self.created_netns.retain(|n| *n != pod.netns);
+        }
         Ok(())
     }
 
@@ -554,7 +693,7 @@ impl Mesh {
         Ok(Pod {
             uid: format!("{}/{}", spec.namespace, spec.name),
             netns: format!("{}{}", self.prefix, spec.name),
-            ip: Ipv4Addr::new(10, 244, node_octet, (index + 2) as u8),
+            ip: Ipv4Addr::new(10, self.pod_range, node_octet, (index + 2) as u8),
             node_name: node.name.clone(),
             node: spec.node,
             name: spec.name,
@@ -562,6 +701,7 @@ impl Mesh {
             service_account: spec.service_account,
             labels: spec.labels,
             mesh: spec.mesh,
+            follows_namespace: spec.follows_namespace,
             index,
         })
     }

@@ -33,6 +33,7 @@ pub use pins::PinDir;
 use super::policy_route;
 use super::{Capture, CaptureConfig, CaptureError, PodNetns};
 use crate::netns::Netns;
+use crate::node_netns::NetnsScanner;
 
 /// The compiled programs (built by build.rs).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/amesh-ebpf"));
@@ -84,9 +85,9 @@ pub struct EbpfSettings {
     pub pin_dir: PathBuf,
     /// Splice in-pod app↔ztunnel sockets with the sockmap.
     pub short_circuit: bool,
-    /// Where pod netns are bind-mounted: entries of pods whose netns is
-    /// gone are dropped at start.
-    pub netns_dir: PathBuf,
+    /// The node's namespaces: entries of pods whose netns is gone are
+    /// dropped at start.
+    pub scanner: NetnsScanner,
 }
 
 #[derive(Debug)]
@@ -205,25 +206,19 @@ impl EbpfCapture {
                 cookies: BTreeMap::new(),
             }),
         };
-        capture.forget_gone_pods(&settings.netns_dir);
+        capture.forget_gone_pods(&settings.scanner);
         info!(pins = %capture.pins.root().display(), cgroup = %cgroup_path.display(), short_circuit = settings.short_circuit, "eBPF capture loaded");
         Ok(capture)
     }
 
     /// Drops map entries and links of pods whose netns no longer exists
     /// (removed while no agent ran).
-    fn forget_gone_pods(&self, netns_dir: &Path) {
-        let mut live_cookies = BTreeSet::new();
-        let mut live_names = BTreeSet::new();
-        if let Ok(entries) = std::fs::read_dir(netns_dir) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if let Ok(cookie) = Netns::open(&entry.path()).and_then(|ns| ns.cookie()) {
-                    live_cookies.insert(cookie);
-                    live_names.insert(name);
-                }
-            }
-        }
+    fn forget_gone_pods(&self, scanner: &NetnsScanner) {
+        let live_cookies: BTreeSet<u64> = scanner
+            .list()
+            .iter()
+            .filter_map(|ns| Netns::open(&ns.path).and_then(|ns| ns.cookie()).ok())
+            .collect();
         let Ok(mut state) = self.state.lock() else {
             return;
         };
@@ -239,8 +234,13 @@ impl EbpfCapture {
         }
         if let Ok(entries) = std::fs::read_dir(self.pins.root().join("pods")) {
             for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if !live_names.contains(&name) {
+                let live = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|name| name.strip_prefix('c'))
+                    .and_then(|cookie| cookie.parse::<u64>().ok())
+                    .is_some_and(|cookie| live_cookies.contains(&cookie));
+                if !live {
                     let _ = std::fs::remove_file(entry.path());
                 }
             }
@@ -383,7 +383,7 @@ impl Capture for EbpfCapture {
             .take_link(id)
             .map_err(|source| EbpfError::Program { name, source })?;
         self.pins
-            .replace(FdLink::from(link), &self.pins.pod(&pod.name))?;
+            .replace(FdLink::from(link), &self.pins.pod(cookie))?;
         state
             .pods
             .insert(cookie, pod_entry(pod), 0)
@@ -417,11 +417,13 @@ impl Capture for EbpfCapture {
         }
         state.cookies.remove(&pod.name);
         drop(state);
-        match std::fs::remove_file(self.pins.pod(&pod.name)) {
-            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-                warn!(netns = %pod.name, error = %err, "removing the pod's sk_lookup pin");
+        if let Some(cookie) = cookie {
+            match std::fs::remove_file(self.pins.pod(cookie)) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                    warn!(netns = %pod.name, error = %err, "removing the pod's sk_lookup pin");
+                }
+                _ => {}
             }
-            _ => {}
         }
         if let Some(netns) = netns {
             set_fwmark_accept(&netns, false).map_err(netns_io(pod))?;
@@ -438,7 +440,7 @@ impl Capture for EbpfCapture {
             let state = self.lock()?;
             state.pods.get(&cookie, 0).ok()
         };
-        if entry != Some(pod_entry(pod)) || !self.pins.pod(&pod.name).exists() {
+        if entry != Some(pod_entry(pod)) || !self.pins.pod(cookie).exists() {
             return Ok(false);
         }
         policy_route::installed_for(&netns, pod)

@@ -43,8 +43,11 @@ impl PinDir {
     }
 
     /// A pod's sk_lookup link, named after its netns.
-    pub fn pod(&self, netns_name: &str) -> PathBuf {
-        self.root.join("pods").join(netns_name)
+    /// A pod's sk_lookup link, named by its netns cookie: unique on the
+    /// node, never reused, and known from the netns alone (however the
+    /// agent learnt of the pod).
+    pub fn pod(&self, netns_cookie: u64) -> PathBuf {
+        self.root.join("pods").join(format!("c{netns_cookie}"))
     }
 
     /// Mounts bpffs at the pin dir's parent if nothing is mounted there

@@ -1,1 +1,0 @@
-//! Placeholder: the CNI config installer (being written).

@@ -1,1 +1,0 @@
-//! Placeholder: the amesh-cni plugin logic (being written).
