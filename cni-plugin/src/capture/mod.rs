@@ -84,6 +84,13 @@ pub trait Capture: Send + Sync {
     /// Idempotent and atomic: after any number of calls, exactly one copy of
     /// every rule and route is in place.
     fn install(&self, pod: &PodNetns) -> Result<(), CaptureError>;
+    /// [`Self::install`] into a netns that should hold nothing of ours
+    /// yet (a sandbox fresh from CNI ADD, where no traffic flows): backends
+    /// may take a faster path, and fall back to `install` if something of
+    /// theirs is there after all.
+    fn install_fresh(&self, pod: &PodNetns) -> Result<(), CaptureError> {
+        self.install(pod)
+    }
     /// Removes everything `install` added; a no-op when nothing is there.
     fn remove(&self, pod: &PodNetns) -> Result<(), CaptureError>;
     /// Whether capture with this backend's current settings is in place.

@@ -106,6 +106,34 @@ impl NodeProbeSnat {
         Ok(())
     }
 
+    /// Adds and removes single members in one `nft -f` run, without
+    /// looking first (a pod add pays for every process spawned). Fails if
+    /// the table is not what the last sync left (removed by someone, or a
+    /// member already gone): the caller then does a full [`Self::sync`].
+    pub fn apply_delta(
+        &self,
+        add: &BTreeSet<IpAddr>,
+        remove: &BTreeSet<IpAddr>,
+    ) -> Result<(), CaptureError> {
+        let (add4, add6) = elements(add);
+        let (del4, del6) = elements(remove);
+        let script = format!(
+            "{}{}",
+            add_elements(&add4, &add6),
+            add_elements(&del4, &del6).replace("add element", "delete element")
+        );
+        if script.is_empty() {
+            return Ok(());
+        }
+        run(self.netns.as_ref(), "nft", &["-f", "-"], Some(&script))?;
+        debug!(
+            added = add.len(),
+            removed = remove.len(),
+            "probe SNAT set updated"
+        );
+        Ok(())
+    }
+
     /// Deletes the table; a no-op when there is none.
     pub fn remove(&self) -> Result<(), CaptureError> {
         let script = format!("add table inet {NODE_TABLE}\ndelete table inet {NODE_TABLE}\n");

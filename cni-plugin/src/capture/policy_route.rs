@@ -3,8 +3,8 @@
 //! fwmark [`CONNMARK`] and are routed back locally to ztunnel's socket
 //! instead of out to the real client.
 //!
-//! `ip rule add` does not deduplicate, so every change first reads the rules
-//! (`ip -j`) and converges on exactly one copy.
+//! Changes go through one `ip -batch` per family; the kernel refuses a
+//! duplicate of the rule, so adding it again is harmless.
 
 use serde::Deserialize;
 
@@ -42,15 +42,6 @@ struct RuleEntry {
     table: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-struct RouteEntry {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    dst: Option<String>,
-    dev: Option<String>,
-    table: Option<String>,
-}
-
 fn parse_hex(text: Option<&str>) -> Option<u32> {
     let text = text?;
     let digits = text.strip_prefix("0x").unwrap_or(text);
@@ -62,15 +53,6 @@ impl RuleEntry {
         self.priority == Some(RULE_PRIORITY)
             && parse_hex(self.fwmark.as_deref()) == Some(CONNMARK)
             && parse_hex(self.fwmask.as_deref()) == Some(MARK_MASK)
-            && self.table.as_deref() == Some(ROUTE_TABLE.to_string().as_str())
-    }
-}
-
-impl RouteEntry {
-    fn is_ours(&self) -> bool {
-        self.kind.as_deref() == Some("local")
-            && self.dst.as_deref() == Some("default")
-            && self.dev.as_deref() == Some("lo")
             && self.table.as_deref() == Some(ROUTE_TABLE.to_string().as_str())
     }
 }
@@ -89,11 +71,6 @@ fn rule_args(family: Family, verb: &'static str) -> Vec<String> {
     ]
 }
 
-fn ip(netns: &Netns, args: &[String]) -> Result<String, CaptureError> {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    run(Some(netns), "ip", &args, None)
-}
-
 /// Number of copies of our fwmark rule.
 pub(crate) fn rule_count(netns: &Netns, family: Family) -> Result<usize, CaptureError> {
     let rules: Vec<RuleEntry> =
@@ -101,82 +78,114 @@ pub(crate) fn rule_count(netns: &Netns, family: Family) -> Result<usize, Capture
     Ok(rules.iter().filter(|rule| rule.is_ours()).count())
 }
 
-fn route_present(netns: &Netns, family: Family) -> Result<bool, CaptureError> {
-    // `table all`: listing a table that does not exist yet is an error.
-    let routes: Vec<RouteEntry> = run_json(
-        Some(netns),
-        "ip",
-        &["-j", family.flag(), "route", "show", "table", "all"],
-    )?;
-    Ok(routes.iter().any(RouteEntry::is_ours))
-}
-
 /// Route first, then the rule: the rule never points at an empty table.
+/// One `ip -batch` per family (a pod add pays for every process spawned):
+/// `route replace` is idempotent, and the kernel refuses a second copy of
+/// the rule (`File exists`), which is success here.
 pub(crate) fn ensure(netns: &Netns, family: Family) -> Result<(), CaptureError> {
-    let table = ROUTE_TABLE.to_string();
-    run(
-        Some(netns),
-        "ip",
-        &[
-            family.flag(),
-            "route",
-            "replace",
-            "local",
-            family.any(),
-            "dev",
-            "lo",
-            "table",
-            &table,
-        ],
-        None,
-    )?;
-    let count = rule_count(netns, family)?;
-    if count == 0 {
-        ip(netns, &rule_args(family, "add"))?;
-    }
-    // Copies left by something else (or an older, buggy agent).
-    for _ in 1..count {
-        ip(netns, &rule_args(family, "del"))?;
-    }
-    Ok(())
+    let script = format!(
+        "route replace local {any} dev lo table {ROUTE_TABLE}\n{rule}\n",
+        any = family.any(),
+        rule = rule_line(family, "add"),
+    );
+    batch(netns, family, &script, &["File exists"])
 }
 
-/// Rule first, then the route (the reverse of [`ensure`]).
+/// Rule first, then the route (the reverse of [`ensure`]); what is not
+/// there is not an error.
 pub(crate) fn remove(netns: &Netns, family: Family) -> Result<(), CaptureError> {
-    for _ in 0..rule_count(netns, family)? {
-        ip(netns, &rule_args(family, "del"))?;
+    // Older agents could leave a second copy of the rule.
+    let rule = rule_line(family, "del");
+    let script = format!(
+        "{rule}\n{rule}\nroute del local {any} dev lo table {ROUTE_TABLE}\n",
+        any = family.any(),
+    );
+    batch(
+        netns,
+        family,
+        &script,
+        &["No such file or directory", "No such process"],
+    )
+}
+
+fn rule_line(family: Family, verb: &str) -> String {
+    rule_args(family, "")
+        .into_iter()
+        .skip(1)
+        .map(|arg| if arg.is_empty() { verb.to_owned() } else { arg })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs `script` with `ip -<family> -force -batch -`: every line runs; a
+/// line that fails with one of the `tolerated` kernel answers is fine,
+/// any other failure is an error naming it.
+fn batch(
+    netns: &Netns,
+    family: Family,
+    script: &str,
+    tolerated: &[&str],
+) -> Result<(), CaptureError> {
+    match run(
+        Some(netns),
+        "ip",
+        &[family.flag(), "-force", "-batch", "-"],
+        Some(script),
+    ) {
+        Ok(_) => Ok(()),
+        Err(CaptureError::Command {
+            command,
+            status,
+            stderr,
+        }) => {
+            // iproute2 prints the kernel's answer, then "Command failed -:N".
+            let unexpected = stderr.lines().any(|line| {
+                let line = line.trim();
+                !line.is_empty()
+                    && !line.starts_with("Command failed")
+                    && !tolerated.iter().any(|t| line.contains(t))
+            });
+            if unexpected {
+                Err(CaptureError::Command {
+                    command: format!("{command} <<< {}", script.trim().replace('\n', "; ")),
+                    status,
+                    stderr,
+                })
+            } else {
+                Ok(())
+            }
+        }
+        Err(other) => Err(other),
     }
-    if route_present(netns, family)? {
-        let table = ROUTE_TABLE.to_string();
-        run(
-            Some(netns),
-            "ip",
-            &[
-                family.flag(),
-                "route",
-                "del",
-                "local",
-                family.any(),
-                "dev",
-                "lo",
-                "table",
-                &table,
-            ],
-            None,
-        )?;
-    }
-    Ok(())
 }
 
 /// The return path for `pod`: IPv4, and IPv6 (see [`ipv6_step`]).
+/// The families run side by side: each is one process, and a pod add
+/// waits for them.
 pub(crate) fn ensure_for(netns: &Netns, pod: &PodNetns) -> Result<(), CaptureError> {
-    ensure(netns, Family::V4)?;
-    ipv6_step(pod, ensure(netns, Family::V6))
+    let (v4, v6) = both(|family| ensure(netns, family));
+    v4?;
+    ipv6_step(pod, v6)
+}
+
+fn both<F>(f: F) -> (Result<(), CaptureError>, Result<(), CaptureError>)
+where
+    F: Fn(Family) -> Result<(), CaptureError> + Sync,
+{
+    std::thread::scope(|scope| {
+        let v6 = scope.spawn(|| f(Family::V6));
+        let v4 = f(Family::V4);
+        let v6 = v6
+            .join()
+            .unwrap_or_else(|_| Err(CaptureError::Task("IPv6 policy routing panicked".into())));
+        (v4, v6)
+    })
 }
 
 pub(crate) fn remove_for(netns: &Netns, pod: &PodNetns) -> Result<(), CaptureError> {
-    remove(netns, Family::V4)?;
-    ipv6_step(pod, remove(netns, Family::V6))
+    let (v4, v6) = both(|family| remove(netns, family));
+    v4?;
+    ipv6_step(pod, v6)
 }
 
 /// Exactly one rule per family the pod has.

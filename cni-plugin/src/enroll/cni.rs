@@ -65,7 +65,10 @@ impl Enroller {
             self.snapshot = latest.borrow().clone();
         }
         match command {
-            CniCommand::Add { pod, reply } => self.cni_add(pod, reply).await,
+            CniCommand::Add { pod, reply } => {
+                self.cni_add(pod, reply).await;
+                self.sync_probe_set().await;
+            }
             CniCommand::Del {
                 attachment,
                 pod,
@@ -74,6 +77,7 @@ impl Enroller {
             } => {
                 self.cni_del(&attachment, &pod, &netns).await;
                 let _ = reply.send(Reply::Ok);
+                self.sync_probe_set().await;
             }
             CniCommand::Check {
                 attachment,
@@ -95,6 +99,7 @@ impl Enroller {
                     self.cni_del(&pod.attachment, &pod.pod, &pod.netns).await;
                 }
                 let _ = reply.send(Reply::Ok);
+                self.sync_probe_set().await;
             }
         }
     }
@@ -130,7 +135,7 @@ impl Enroller {
             let _ = reply.send(Reply::Skipped { reason });
             return;
         }
-        self.reconcile(false).await;
+        self.pass(false).await;
         if let Some(registered) = self.cni_pods.get_mut(&key) {
             registered.fresh = false;
         }

@@ -162,6 +162,14 @@ impl Enroller {
     /// then ztunnel. `discover`: also search the node for pods whose netns
     /// is unknown (not on the CNI path: a scan costs milliseconds).
     pub async fn reconcile(&mut self, discover: bool) {
+        self.pass(discover).await;
+        self.sync_probe_set().await;
+    }
+
+    /// [`Self::reconcile`] without the probe set, which a CNI request
+    /// updates after it has replied: kubelet probes start only after the
+    /// pod's containers, long after the reply.
+    async fn pass(&mut self, discover: bool) {
         self.write_state();
         let snapshot = self.snapshot.clone();
         let desired: BTreeMap<&str, &Arc<Workload>> = snapshot
@@ -205,7 +213,6 @@ impl Enroller {
         self.problems
             .retain(|uid, _| desired.contains_key(uid.as_str()));
 
-        self.sync_probe_set().await;
         // The first publish, even of an empty set, tells the ZDS server the
         // set is known and snapshots may be sent.
         if added || !self.published {
@@ -325,7 +332,6 @@ impl Enroller {
                 info!(pod = %uid, %reason, "pod unenrolled (its netns is gone)");
             }
         }
-        self.sync_probe_set().await;
     }
 
     async fn enroll(
@@ -350,15 +356,25 @@ impl Enroller {
             path: found.path.clone(),
             ips: pod_ips(workload, &self.cni_pods),
         };
-        let capture = self.capture.clone();
-        let check = pod.clone();
-        let installed = blocking(move || capture.is_installed(&check)).await?;
+        // A sandbox fresh from CNI ADD has nothing to keep: install straight
+        // away (install is idempotent; the check costs processes per pod).
+        let installed = if found.origin == NetnsOrigin::Cni {
+            false
+        } else {
+            let capture = self.capture.clone();
+            let check = pod.clone();
+            blocking(move || capture.is_installed(&check)).await?
+        };
         if installed {
             debug!(pod = %workload.uid, "capture already in place");
         } else {
             let capture = self.capture.clone();
             let target = pod.clone();
-            blocking(move || capture.install(&target)).await?;
+            if found.origin == NetnsOrigin::Cni {
+                blocking(move || capture.install_fresh(&target)).await?;
+            } else {
+                blocking(move || capture.install(&target)).await?;
+            }
             info!(pod = %workload.uid, netns = %found.path.display(), origin = ?found.origin, "capture installed");
             if matches!(
                 found.origin,
@@ -438,7 +454,7 @@ impl Enroller {
         }
     }
 
-    async fn sync_probe_set(&mut self) {
+    pub(super) async fn sync_probe_set(&mut self) {
         let ips: BTreeSet<IpAddr> = self
             .enrolled
             .values()
@@ -449,7 +465,20 @@ impl Enroller {
         }
         let probe = self.probe.clone();
         let target = ips.clone();
-        match blocking(move || probe.sync(&target)).await {
+        let previous = self.probe_synced.clone();
+        let synced = blocking(move || {
+            if let Some(previous) = previous {
+                let add = target.difference(&previous).copied().collect();
+                let remove = previous.difference(&target).copied().collect();
+                match probe.apply_delta(&add, &remove) {
+                    Ok(()) => return Ok(()),
+                    Err(err) => debug!(error = %err, "probe SNAT delta failed; full sync"),
+                }
+            }
+            probe.sync(&target)
+        })
+        .await;
+        match synced {
             Ok(()) => self.probe_synced = Some(ips),
             // Retried on the next pass (probe_synced stays stale).
             Err(err) => error!(error = %err, "cannot update the kubelet probe SNAT set"),

@@ -1,6 +1,7 @@
 //! `meshbench`: each figure measured through the mesh and without it in the
 //! same run, reported with the ratio mesh / baseline.
 
+pub mod cni;
 pub mod crypto;
 pub mod hbone;
 pub mod latency;

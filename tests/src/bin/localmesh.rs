@@ -279,8 +279,14 @@ fn setup(stop: &Stop, capture: Capture) -> Result<Option<Setup>> {
     if stop_requested(stop).is_some() {
         return Ok(None);
     }
+    // Pods are created the way a node creates them: each node's runtime
+    // (the harness) runs the CNI chain, bridge + host-local + amesh-cni,
+    // and the namespace's label decides who is in the mesh.
     let mut mesh = MeshBuilder::new()
         .capture(capture)
+        .cni()
+        .pod_range(244)
+        .namespace_labels("default", [("istio.io/dataplane-mode", "ambient")])
         .nodes(2)
         .pod(PodSpec::new("frontend", 0).service_account("frontend"))
         .pod(PodSpec::new("backend-0", 0).service_account("backend"))
@@ -340,6 +346,34 @@ fn capture_backend(mesh: &Mesh, node: usize) -> String {
     format!("{backend} — {why}")
 }
 
+/// The node's CNI chain as the runtime ran it for every pod.
+fn cni_chain(mesh: &Mesh, node: usize) -> String {
+    match mesh.cni_runtime(node).active_config() {
+        Ok(list) => {
+            let types: Vec<&str> = list
+                .plugins
+                .iter()
+                .filter_map(|p| p.get("type").and_then(|t| t.as_str()))
+                .collect();
+            let ipam = list
+                .plugins
+                .first()
+                .and_then(|p| p.get("ipam"))
+                .and_then(|i| i.get("type"))
+                .and_then(|t| t.as_str())
+                .unwrap_or("-");
+            format!(
+                "{} (ipam {ipam}), {}",
+                types.join(" -> "),
+                list.source
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            )
+        }
+        Err(err) => format!("unreadable: {err}"),
+    }
+}
+
 fn print_banner(mesh: &Mesh, interval: Duration, rounds: Option<u64>) {
     println!();
     println!("amesh local mesh is up");
@@ -359,6 +393,7 @@ fn print_banner(mesh: &Mesh, interval: Duration, rounds: Option<u64>) {
             pid(mesh.agent_pid(node.index)),
         );
         println!("          capture {}", capture_backend(mesh, node.index));
+        println!("          CNI chain {}", cni_chain(mesh, node.index));
         println!(
             "          logs {}",
             mesh.ztunnel_log_path(node.index).display()
@@ -375,7 +410,7 @@ fn print_banner(mesh: &Mesh, interval: Duration, rounds: Option<u64>) {
         } else {
             "curl client".to_owned()
         };
-        let membership = if pod.mesh {
+        let membership = if mesh.pod_in_mesh(pod) {
             format!("mesh     {}", identity(pod))
         } else {
             "no mesh  (plain TCP, no identity)".to_owned()

@@ -4,6 +4,7 @@
 //!     meshbench <scenario> [--quick] [--json] [--only PREFIX]
 //!     meshbench ztunnel [--policy] [--capture ebpf|nftables] [--ztunnel-arg=ARG ...] [--agent-arg=ARG ...]
 //!     meshbench redirect [--policy] [--ztunnel-arg=ARG ...] [--agent-arg=ARG ...]
+//!     meshbench cni [--capture ebpf|nftables]
 
 use amesh_tests::bench::{self, Scale};
 use amesh_tests::harness::Capture;
@@ -30,7 +31,7 @@ impl From<CaptureArg> for Capture {
 #[derive(Parser, Debug)]
 #[command(about = "amesh benchmarks: mesh vs. no-mesh baseline, same run")]
 struct Args {
-    /// Scenario to run: hbone, crypto, ztunnel, redirect.
+    /// Scenario to run: hbone, crypto, ztunnel, redirect, cni.
     scenario: String,
     /// Shorter runs (under a minute), for smoke tests.
     #[arg(long)]
@@ -50,7 +51,7 @@ struct Args {
     /// scenarios start (repeatable).
     #[arg(long, allow_hyphen_values = true)]
     agent_arg: Vec<String>,
-    /// `ztunnel` scenario: the node agents' capture backend.
+    /// `ztunnel` and `cni` scenarios: the node agents' capture backend.
     #[arg(long, value_enum, default_value = "nftables")]
     capture: CaptureArg,
     /// `ztunnel` and `redirect` scenarios: the config also carries an ALLOW
@@ -107,13 +108,16 @@ fn main() -> Result<()> {
                 policy: args.policy,
             },
         )?,
-        other => bail!("unknown scenario {other:?}; available: hbone, crypto, ztunnel, redirect"),
+        "cni" => bench::cni::run(scale, args.capture.into())?,
+        other => {
+            bail!("unknown scenario {other:?}; available: hbone, crypto, ztunnel, redirect, cni")
+        }
     };
     if args.json {
         writeln!(out, "{}", report.to_json())?;
     } else {
         writeln!(out, "crypto provider: {}", amesh_core::tls::provider_name())?;
-        if args.scenario == "ztunnel" {
+        if matches!(args.scenario.as_str(), "ztunnel" | "cni") {
             writeln!(out, "capture: {}", Capture::from(args.capture).as_arg())?;
         }
         if args.scenario == "redirect" {

@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::cni::{BridgeNetwork, CniRuntime, DEFAULT_BIN_DIR, PodAttachment, write_conflist};
 use super::network::POD_SYSCTLS;
 use super::process::binary;
-use super::topology::{Mesh, Pod, v6_hextet};
+use super::topology::{Mesh, Pod, PodSpec, v6_hextet};
 use super::wait::poll_until;
 use super::{netns, netns::NETNS_DIR};
 
@@ -93,6 +93,49 @@ impl Mesh {
         Ok(())
     }
 
+    /// Node `node`'s primary network: bridge `cni0` and host-local over the
+    /// node's pod ranges.
+    pub fn primary_network(&self, node: usize) -> BridgeNetwork {
+        let [_, range, index, _] = self.nodes[node].pod_gateway.octets();
+        BridgeNetwork::new(NETWORK_NAME, "cni0", &format!("10.{range}.{index}.0/24"))
+            .ipv6(&format!("fd00:10:{:x}:{index:x}::/64", v6_hextet(range)))
+            .ipam_data_dir(self.cni_dir(node).join("ipam"))
+    }
+
+    /// Pods the cluster knows (they are in the config, with the addresses
+    /// they will get) but no runtime has created yet.
+    pub fn declare_pods(&mut self, specs: impl IntoIterator<Item = PodSpec>) -> Result<()> {
+        for spec in specs {
+            let pod = self.allocate_pod(spec)?;
+            self.pods.push(pod);
+        }
+        self.write_config()
+    }
+
+    /// The runtime's first step for a pod: its netns, with the harness's
+    /// sysctls and `lo` up.
+    pub fn prepare_pod_netns(&mut self, name: &str) -> Result<Pod> {
+        let pod = self.pod(name).clone();
+        self.created_netns.push(pod.netns.clone());
+        netns::add_all(std::slice::from_ref(&pod.netns))?;
+        // Before eth0 exists, so it inherits them (DAD off: see network.rs).
+        let sysctls: Vec<(&str, &str)> = POD_SYSCTLS
+            .iter()
+            .filter(|(k, _)| !k.contains(".eth0."))
+            .copied()
+            .collect();
+        netns::sysctls(&pod.netns, &sysctls)?;
+        netns::ip_batch(Some(&pod.netns), "link set lo up\n")?;
+        Ok(pod)
+    }
+
+    /// The runtime's last step for a pod: its netns goes.
+    pub fn release_pod_netns(&mut self, pod: &Pod) -> Result<()> {
+        netns::delete_all(std::slice::from_ref(&pod.netns))?;
+        self.created_netns.retain(|n| *n != pod.netns);
+        Ok(())
+    }
+
     /// The container runtime of node `node`.
     pub fn cni_runtime(&self, node: usize) -> CniRuntime {
         CniRuntime::new(self.cni_conf_dir(node), self.cni_dir(node).join("cache"))
@@ -128,17 +171,7 @@ impl Mesh {
 
     /// The runtime's part of creating a pod: its netns, then CNI ADD.
     pub(super) fn create_pod_via_cni(&mut self, name: &str) -> Result<Value> {
-        let pod = self.pod(name).clone();
-        self.created_netns.push(pod.netns.clone());
-        netns::add_all(std::slice::from_ref(&pod.netns))?;
-        // Before eth0 exists, so it inherits them (DAD off: see network.rs).
-        let sysctls: Vec<(&str, &str)> = POD_SYSCTLS
-            .iter()
-            .filter(|(k, _)| !k.contains(".eth0."))
-            .copied()
-            .collect();
-        netns::sysctls(&pod.netns, &sysctls)?;
-        netns::ip_batch(Some(&pod.netns), "link set lo up\n")?;
+        let pod = self.prepare_pod_netns(name)?;
         self.cni_runtime(pod.node)
             .add(&self.pod_attachment(&pod))
             .map_err(|e| anyhow::anyhow!("CNI ADD of pod {name}: {e}"))
@@ -149,9 +182,7 @@ impl Mesh {
         self.cni_runtime(pod.node)
             .del(&self.pod_attachment(pod))
             .map_err(|e| anyhow::anyhow!("CNI DEL of pod {}: {e}", pod.name))?;
-        netns::delete_all(std::slice::from_ref(&pod.netns))?;
-        self.created_netns.retain(|n| *n != pod.netns);
-        Ok(())
+        self.release_pod_netns(pod)
     }
 
     /// CNI meshes: every node's plugin installed, then every pod created.

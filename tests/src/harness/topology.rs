@@ -266,6 +266,7 @@ pub struct MeshBuilder {
     services: Vec<ServiceSpec>,
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     cni: bool,
+    pod_range: Option<u8>,
     daemons: DaemonSettings,
 }
 
@@ -284,6 +285,7 @@ impl MeshBuilder {
             services: Vec::new(),
             namespaces: BTreeMap::new(),
             cni: false,
+            pod_range: None,
             daemons: DaemonSettings {
                 env: vec![("RUST_LOG".into(), "info".into())],
                 ztunnel_args: Vec::new(),
@@ -322,6 +324,13 @@ impl MeshBuilder {
     /// running pods' netns by IP among all of the machine's namespaces.
     pub fn cni(mut self) -> Self {
         self.cni = true;
+        self
+    }
+
+    /// The second octet of the pods' addresses (`10.<octet>.<node>.x`),
+    /// for a mesh that runs alone (the demo); tests leave the default.
+    pub fn pod_range(mut self, octet: u8) -> Self {
+        self.pod_range = Some(octet);
         self
     }
 
@@ -387,10 +396,10 @@ impl MeshBuilder {
             .tempdir()
             .context("create mesh temp dir")?;
         let dir = tmp.path().to_path_buf();
-        let pod_range = if self.cni {
-            naming::cni_pod_range()
-        } else {
-            DEFAULT_POD_RANGE
+        let pod_range = match self.pod_range {
+            Some(octet) => octet,
+            None if self.cni => naming::cni_pod_range(),
+            None => DEFAULT_POD_RANGE,
         };
         let nodes: Vec<Node> = (0..self.nodes)
             .map(|i| {
@@ -655,7 +664,7 @@ impl Mesh {
         self.write_config()
     }
 
-    fn allocate_pod(&mut self, spec: PodSpec) -> Result<Pod> {
+    pub(super) fn allocate_pod(&mut self, spec: PodSpec) -> Result<Pod> {
         let Some(node) = self.nodes.get(spec.node) else {
             bail!(
                 "pod {}: no node {} in a {}-node mesh",

@@ -364,12 +364,11 @@ fn set_fwmark_accept(netns: &Netns, on: bool) -> std::io::Result<()> {
     netns.run(|| std::fs::write("/proc/sys/net/ipv4/tcp_fwmark_accept", value))?
 }
 
-impl Capture for EbpfCapture {
-    fn install(&self, pod: &PodNetns) -> Result<(), CaptureError> {
-        let netns = open(pod)?;
-        // The return path first, as with nftables.
-        policy_route::ensure_for(&netns, pod)?;
-        set_fwmark_accept(&netns, true).map_err(netns_io(pod))?;
+impl EbpfCapture {
+    /// The programs' part of capture: accepted sockets take their SYN's
+    /// mark, sk_lookup in the netns, the pod's map entry.
+    fn attach(&self, netns: &Netns, pod: &PodNetns) -> Result<(), CaptureError> {
+        set_fwmark_accept(netns, true).map_err(netns_io(pod))?;
         let cookie = netns.cookie().map_err(netns_io(pod))?;
         let mut state = self.lock()?;
         // Inbound before outbound: once outbound is captured, replies from
@@ -377,7 +376,7 @@ impl Capture for EbpfCapture {
         let name = programs::INBOUND;
         let program: &mut SkLookup = program(&mut state.ebpf, name)?;
         let id = program
-            .attach(&netns)
+            .attach(netns)
             .map_err(|source| EbpfError::Program { name, source })?;
         let link = program
             .take_link(id)
@@ -395,7 +394,31 @@ impl Capture for EbpfCapture {
         debug!(netns = %pod.name, cookie, "eBPF capture installed");
         Ok(())
     }
+}
 
+impl Capture for EbpfCapture {
+    fn install(&self, pod: &PodNetns) -> Result<(), CaptureError> {
+        let netns = open(pod)?;
+        // The return path first, as with nftables.
+        policy_route::ensure_for(&netns, pod)?;
+        self.attach(&netns, pod)
+    }
+
+    /// The return path alongside the programs: nothing flows in a fresh
+    /// sandbox, and a pod add waits for both.
+    fn install_fresh(&self, pod: &PodNetns) -> Result<(), CaptureError> {
+        let netns = open(pod)?;
+        let (routes, programs) = std::thread::scope(|scope| {
+            let routes = scope.spawn(|| policy_route::ensure_for(&netns, pod));
+            let programs = self.attach(&netns, pod);
+            let routes = routes
+                .join()
+                .unwrap_or_else(|_| Err(CaptureError::Task("policy routing panicked".into())));
+            (routes, programs)
+        });
+        routes?;
+        programs
+    }
     fn remove(&self, pod: &PodNetns) -> Result<(), CaptureError> {
         let netns = Netns::open(&pod.path).ok();
         let mut state = self.lock()?;
