@@ -350,21 +350,24 @@ fn capture_backend(mesh: &Mesh, node: usize) -> String {
 fn cni_chain(mesh: &Mesh, node: usize) -> String {
     match mesh.cni_runtime(node).active_config() {
         Ok(list) => {
-            let types: Vec<&str> = list
+            let plugins: Vec<String> = list
                 .plugins
                 .iter()
-                .filter_map(|p| p.get("type").and_then(|t| t.as_str()))
+                .map(|p| {
+                    let kind = p.get("type").and_then(|t| t.as_str()).unwrap_or("?");
+                    match p
+                        .get("ipam")
+                        .and_then(|i| i.get("type"))
+                        .and_then(|t| t.as_str())
+                    {
+                        Some(ipam) => format!("{kind} (ipam {ipam})"),
+                        None => kind.to_owned(),
+                    }
+                })
                 .collect();
-            let ipam = list
-                .plugins
-                .first()
-                .and_then(|p| p.get("ipam"))
-                .and_then(|i| i.get("type"))
-                .and_then(|t| t.as_str())
-                .unwrap_or("-");
             format!(
-                "{} (ipam {ipam}), {}",
-                types.join(" -> "),
+                "{}  [{}]",
+                plugins.join(" -> "),
                 list.source
                     .map(|p| p.display().to_string())
                     .unwrap_or_default()

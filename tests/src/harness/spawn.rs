@@ -144,7 +144,9 @@ const RUN_POLL: Duration = Duration::from_millis(2);
 /// keeps them open; this bounds that case.
 const PIPE_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn drain(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<Vec<u8>> {
+/// Reads `pipe` to its end on a thread of its own, so a chatty child cannot
+/// block on a full pipe while it is waited for.
+pub(super) fn drain(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<Vec<u8>> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut buf = Vec::new();

@@ -2,8 +2,9 @@
 //! stdin, parameters in `CNI_*` environment variables, exit status 0 with the
 //! result (or nothing) on stdout, or non-zero with an error JSON on stdout.
 
+use crate::harness::spawn::drain;
 use std::ffi::OsStr;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -140,18 +141,6 @@ fn wait_bounded(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatu
     };
     let status = child.wait()?;
     Ok((!timed_out).then_some(status))
-}
-
-fn drain(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<Vec<u8>> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_end(&mut buf);
-        }
-        let _ = tx.send(buf);
-    });
-    rx
 }
 
 fn collect(rx: mpsc::Receiver<Vec<u8>>, plugin: &Path) -> Result<Vec<u8>> {
