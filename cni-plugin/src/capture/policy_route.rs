@@ -3,14 +3,28 @@
 //! fwmark [`CONNMARK`] and are routed back locally to ztunnel's socket
 //! instead of out to the real client.
 //!
-//! Changes go through one `ip -batch` per family; the kernel refuses a
-//! duplicate of the rule, so adding it again is harmless.
+//! Changes are rtnetlink requests on a NETLINK_ROUTE socket made inside the
+//! pod's netns (no `ip` process: a pod add pays for every process spawned),
+//! both families in one datagram; the kernel refuses a duplicate of the
+//! rule, so adding it again is harmless.
 
-use serde::Deserialize;
+mod rtnl;
+#[cfg(test)]
+mod tests;
 
-use super::cmd::{run, run_json};
+use std::fmt;
+use std::io;
+
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
+use netlink_packet_route::route::{
+    RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+
 use super::{CONNMARK, CaptureError, MARK_MASK, PodNetns, ROUTE_TABLE, RULE_PRIORITY};
 use crate::netns::Netns;
+use rtnl::Rtnl;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Family {
@@ -19,10 +33,10 @@ pub(crate) enum Family {
 }
 
 impl Family {
-    fn flag(self) -> &'static str {
+    fn address_family(self) -> AddressFamily {
         match self {
-            Family::V4 => "-4",
-            Family::V6 => "-6",
+            Family::V4 => AddressFamily::Inet,
+            Family::V6 => AddressFamily::Inet6,
         }
     }
 
@@ -34,166 +48,289 @@ impl Family {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct RuleEntry {
-    priority: Option<u32>,
-    fwmark: Option<String>,
-    fwmask: Option<String>,
-    table: Option<String>,
-}
-
-fn parse_hex(text: Option<&str>) -> Option<u32> {
-    let text = text?;
-    let digits = text.strip_prefix("0x").unwrap_or(text);
-    u32::from_str_radix(digits, 16).ok()
-}
-
-impl RuleEntry {
-    fn is_ours(&self) -> bool {
-        self.priority == Some(RULE_PRIORITY)
-            && parse_hex(self.fwmark.as_deref()) == Some(CONNMARK)
-            && parse_hex(self.fwmask.as_deref()) == Some(MARK_MASK)
-            && self.table.as_deref() == Some(ROUTE_TABLE.to_string().as_str())
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
     }
 }
 
-fn rule_args(family: Family, verb: &'static str) -> Vec<String> {
-    vec![
-        family.flag().into(),
-        "rule".into(),
-        verb.into(),
-        "fwmark".into(),
-        format!("{CONNMARK:#x}/{MARK_MASK:#x}"),
-        "pref".into(),
-        RULE_PRIORITY.to_string(),
-        "lookup".into(),
-        ROUTE_TABLE.to_string(),
-    ]
-}
-
-/// Number of copies of our fwmark rule.
-pub(crate) fn rule_count(netns: &Netns, family: Family) -> Result<usize, CaptureError> {
-    let rules: Vec<RuleEntry> =
-        run_json(Some(netns), "ip", &["-j", family.flag(), "rule", "show"])?;
-    Ok(rules.iter().filter(|rule| rule.is_ours()).count())
+/// What [`ensure`] and [`remove`] ask the kernel, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// `ip route replace local <any> dev lo table 100`
+    ReplaceRoute,
+    /// `ip rule add fwmark 0x111/0xfff pref 32764 lookup 100`
+    AddRule,
+    /// `ip rule del fwmark 0x111/0xfff pref 32764 lookup 100`
+    DelRule,
+    /// `ip route del local <any> dev lo table 100`
+    DelRoute,
 }
 
 /// Route first, then the rule: the rule never points at an empty table.
-/// One `ip -batch` per family (a pod add pays for every process spawned):
-/// `route replace` is idempotent, and the kernel refuses a second copy of
-/// the rule (`File exists`), which is success here.
-pub(crate) fn ensure(netns: &Netns, family: Family) -> Result<(), CaptureError> {
-    let script = format!(
-        "route replace local {any} dev lo table {ROUTE_TABLE}\n{rule}\n",
-        any = family.any(),
-        rule = rule_line(family, "add"),
-    );
-    batch(netns, family, &script, &["File exists"])
-}
+const ENSURE: &[Step] = &[Step::ReplaceRoute, Step::AddRule];
+/// The rule first, then the route (the reverse of [`ENSURE`]). The rule
+/// twice: older agents could leave a second copy.
+const REMOVE: &[Step] = &[Step::DelRule, Step::DelRule, Step::DelRoute];
 
-/// Rule first, then the route (the reverse of [`ensure`]); what is not
-/// there is not an error.
-pub(crate) fn remove(netns: &Netns, family: Family) -> Result<(), CaptureError> {
-    // Older agents could leave a second copy of the rule.
-    let rule = rule_line(family, "del");
-    let script = format!(
-        "{rule}\n{rule}\nroute del local {any} dev lo table {ROUTE_TABLE}\n",
-        any = family.any(),
-    );
-    batch(
-        netns,
-        family,
-        &script,
-        &["No such file or directory", "No such process"],
-    )
-}
-
-fn rule_line(family: Family, verb: &str) -> String {
-    rule_args(family, "")
-        .into_iter()
-        .skip(1)
-        .map(|arg| if arg.is_empty() { verb.to_owned() } else { arg })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Runs `script` with `ip -<family> -force -batch -`: every line runs; a
-/// line that fails with one of the `tolerated` kernel answers is fine,
-/// any other failure is an error naming it.
-fn batch(
-    netns: &Netns,
-    family: Family,
-    script: &str,
-    tolerated: &[&str],
-) -> Result<(), CaptureError> {
-    match run(
-        Some(netns),
-        "ip",
-        &[family.flag(), "-force", "-batch", "-"],
-        Some(script),
-    ) {
-        Ok(_) => Ok(()),
-        Err(CaptureError::Command {
-            command,
-            status,
-            stderr,
-        }) => {
-            // iproute2 prints the kernel's answer, then "Command failed -:N".
-            let unexpected = stderr.lines().any(|line| {
-                let line = line.trim();
-                !line.is_empty()
-                    && !line.starts_with("Command failed")
-                    && !tolerated.iter().any(|t| line.contains(t))
-            });
-            if unexpected {
-                Err(CaptureError::Command {
-                    command: format!("{command} <<< {}", script.trim().replace('\n', "; ")),
-                    status,
-                    stderr,
-                })
-            } else {
-                Ok(())
-            }
+impl Step {
+    /// Flags besides `NLM_F_REQUEST | NLM_F_ACK`.
+    fn flags(self) -> u16 {
+        match self {
+            Step::ReplaceRoute => NLM_F_CREATE | NLM_F_REPLACE,
+            // With NLM_F_EXCL the kernel refuses an exact duplicate (EEXIST).
+            Step::AddRule => NLM_F_CREATE | NLM_F_EXCL,
+            Step::DelRule | Step::DelRoute => 0,
         }
-        Err(other) => Err(other),
+    }
+
+    /// Kernel answers that mean the step's work is done already.
+    fn tolerated(self) -> &'static [i32] {
+        match self {
+            Step::ReplaceRoute => &[],
+            // Our rule is there already.
+            Step::AddRule => &[libc::EEXIST],
+            // Nothing to delete (ESRCH: no such route or table).
+            Step::DelRule | Step::DelRoute => &[libc::ENOENT, libc::ESRCH],
+        }
+    }
+
+    fn message(self, family: Family, lo: u32) -> RouteNetlinkMessage {
+        match self {
+            Step::ReplaceRoute => RouteNetlinkMessage::NewRoute(route(family, lo, true)),
+            Step::DelRoute => RouteNetlinkMessage::DelRoute(route(family, lo, false)),
+            Step::AddRule => RouteNetlinkMessage::NewRule(rule(family)),
+            Step::DelRule => RouteNetlinkMessage::DelRule(rule(family)),
+        }
+    }
+
+    /// The request, for errors: "RTM_NEWRULE (IPv6 fwmark 0x111/0xfff …)".
+    fn describe(self, family: Family) -> String {
+        let (name, what) = match self {
+            Step::ReplaceRoute => ("RTM_NEWROUTE", "replace"),
+            Step::DelRoute => ("RTM_DELROUTE", "del"),
+            Step::AddRule => ("RTM_NEWRULE", "add"),
+            Step::DelRule => ("RTM_DELRULE", "del"),
+        };
+        match self {
+            Step::ReplaceRoute | Step::DelRoute => format!(
+                "{name} ({family} route {what} local {any} dev lo table {ROUTE_TABLE})",
+                any = family.any()
+            ),
+            Step::AddRule | Step::DelRule => format!(
+                "{name} ({family} rule {what} fwmark {CONNMARK:#x}/{MARK_MASK:#x} \
+                 pref {RULE_PRIORITY} lookup {ROUTE_TABLE})"
+            ),
+        }
     }
 }
 
+/// The table in a message header: the id if it fits, else "see the
+/// attribute" (which we always send).
+fn header_table() -> u8 {
+    u8::try_from(ROUTE_TABLE).unwrap_or(RouteHeader::RT_TABLE_UNSPEC)
+}
+
+/// `local <any> dev lo table 100`, as `ip route` sends it: `add`/`replace`
+/// as a host-scope route of protocol `boot`; `del` with scope "nowhere",
+/// which matches whatever scope the route has.
+fn route(family: Family, lo: u32, add: bool) -> RouteMessage {
+    let mut message = RouteMessage::default();
+    let header = &mut message.header;
+    header.address_family = family.address_family();
+    header.destination_prefix_length = 0;
+    header.table = header_table();
+    header.kind = RouteType::Local;
+    if add {
+        header.protocol = RouteProtocol::Boot;
+        header.scope = RouteScope::Host;
+    } else {
+        header.protocol = RouteProtocol::Unspec;
+        header.scope = RouteScope::NoWhere;
+    }
+    message.attributes = vec![RouteAttribute::Table(ROUTE_TABLE), RouteAttribute::Oif(lo)];
+    message
+}
+
+/// `fwmark 0x111/0xfff pref 32764 lookup 100`.
+fn rule(family: Family) -> RuleMessage {
+    let mut message = RuleMessage::default();
+    message.header.family = family.address_family();
+    message.header.table = header_table();
+    message.header.action = RuleAction::ToTable;
+    message.attributes = vec![
+        RuleAttribute::Priority(RULE_PRIORITY),
+        RuleAttribute::FwMark(CONNMARK),
+        RuleAttribute::FwMask(MARK_MASK),
+        RuleAttribute::Table(ROUTE_TABLE),
+    ];
+    message
+}
+
+fn is_ours(rule: &RuleMessage) -> bool {
+    let mut priority = None;
+    let mut fwmark = None;
+    let mut fwmask = None;
+    let mut table = u32::from(rule.header.table);
+    for attribute in &rule.attributes {
+        match attribute {
+            RuleAttribute::Priority(value) => priority = Some(*value),
+            RuleAttribute::FwMark(value) => fwmark = Some(*value),
+            RuleAttribute::FwMask(value) => fwmask = Some(*value),
+            RuleAttribute::Table(value) => table = *value,
+            _ => {}
+        }
+    }
+    priority == Some(RULE_PRIORITY)
+        && fwmark == Some(CONNMARK)
+        && fwmask == Some(MARK_MASK)
+        && table == ROUTE_TABLE
+}
+
+/// A request that could not be made or that the kernel refused: the
+/// closest of [`CaptureError`]'s kinds to a failed `ip` command.
+fn request_error(netns: &Netns, request: &str, source: io::Error) -> CaptureError {
+    CaptureError::Spawn {
+        command: format!("netlink {request} in {}", netns.path().display()),
+        source,
+    }
+}
+
+/// Runs `f` with a NETLINK_ROUTE socket inside `netns` (on one short-lived
+/// thread that entered it).
+fn with_rtnl<T: Send>(
+    netns: &Netns,
+    f: impl FnOnce(&mut Rtnl) -> Result<T, CaptureError> + Send,
+) -> Result<T, CaptureError> {
+    netns
+        .run(|| {
+            let mut rtnl = Rtnl::open()
+                .map_err(|source| request_error(netns, "NETLINK_ROUTE socket", source))?;
+            f(&mut rtnl)
+        })
+        .map_err(|source| CaptureError::Netns {
+            path: netns.path().to_owned(),
+            source,
+        })?
+}
+
+/// Sends `steps` for each of `families` in one datagram and returns each
+/// family's outcome: every step runs; a step the kernel answers with one
+/// of its tolerated errors is fine, any other failure is an error naming
+/// the request. Must run inside `netns` (see [`with_rtnl`]).
+fn apply(
+    rtnl: &mut Rtnl,
+    netns: &Netns,
+    steps: &[Step],
+    families: &[Family],
+) -> Result<Vec<Result<(), CaptureError>>, CaptureError> {
+    let lo = nix::net::if_::if_nametoindex("lo")
+        .map_err(|errno| request_error(netns, "if_nametoindex(lo)", errno.into()))?;
+    let requests: Vec<(Family, Step)> = families
+        .iter()
+        .flat_map(|&family| steps.iter().map(move |&step| (family, step)))
+        .collect();
+    let answers = rtnl
+        .batch(
+            requests
+                .iter()
+                .map(|&(family, step)| (step.message(family, lo), step.flags())),
+        )
+        .map_err(|source| {
+            let what = requests
+                .iter()
+                .map(|&(family, step)| step.describe(family))
+                .collect::<Vec<_>>()
+                .join("; ");
+            request_error(netns, &what, source)
+        })?;
+    let mut outcomes: Vec<Result<(), CaptureError>> = families.iter().map(|_| Ok(())).collect();
+    for (&(family, step), answer) in requests.iter().zip(answers) {
+        let Err(err) = answer else { continue };
+        if err
+            .raw_os_error()
+            .is_some_and(|code| step.tolerated().contains(&code))
+        {
+            continue;
+        }
+        let index = families.iter().position(|&f| f == family).unwrap_or(0);
+        if let Some(outcome @ Ok(())) = outcomes.get_mut(index) {
+            *outcome = Err(request_error(netns, &step.describe(family), err));
+        }
+    }
+    Ok(outcomes)
+}
+
+/// Copies of our fwmark rule in `family`. Must run inside `netns`.
+fn count_rules(rtnl: &mut Rtnl, netns: &Netns, family: Family) -> Result<usize, CaptureError> {
+    let rules = rtnl
+        .dump_rules(family.address_family())
+        .map_err(|source| request_error(netns, &format!("RTM_GETRULE ({family} dump)"), source))?;
+    Ok(rules.iter().filter(|rule| is_ours(rule)).count())
+}
+
+fn single(
+    outcomes: Result<Vec<Result<(), CaptureError>>, CaptureError>,
+) -> Result<(), CaptureError> {
+    outcomes?.into_iter().next().unwrap_or(Ok(()))
+}
+
+/// Number of copies of our fwmark rule.
+#[cfg_attr(not(test), expect(dead_code, reason = "per-family entry point"))]
+pub(crate) fn rule_count(netns: &Netns, family: Family) -> Result<usize, CaptureError> {
+    with_rtnl(netns, |rtnl| count_rules(rtnl, netns, family))
+}
+
+/// `route replace` of the local default route in table 100, then the rule
+/// (an exact duplicate of which the kernel refuses: success here).
+#[cfg_attr(not(test), expect(dead_code, reason = "per-family entry point"))]
+pub(crate) fn ensure(netns: &Netns, family: Family) -> Result<(), CaptureError> {
+    single(with_rtnl(netns, |rtnl| {
+        apply(rtnl, netns, ENSURE, &[family])
+    }))
+}
+
+/// The rule (twice), then the route; what is not there is not an error.
+#[cfg_attr(not(test), expect(dead_code, reason = "per-family entry point"))]
+pub(crate) fn remove(netns: &Netns, family: Family) -> Result<(), CaptureError> {
+    single(with_rtnl(netns, |rtnl| {
+        apply(rtnl, netns, REMOVE, &[family])
+    }))
+}
+
+/// Both families' requests in one datagram, their outcomes apart.
+fn both(netns: &Netns, steps: &[Step]) -> Result<[Result<(), CaptureError>; 2], CaptureError> {
+    let outcomes = with_rtnl(netns, |rtnl| {
+        apply(rtnl, netns, steps, &[Family::V4, Family::V6])
+    })?;
+    <[_; 2]>::try_from(outcomes)
+        .map_err(|_| CaptureError::Task("policy routing: an outcome per family expected".into()))
+}
+
 /// The return path for `pod`: IPv4, and IPv6 (see [`ipv6_step`]).
-/// The families run side by side: each is one process, and a pod add
-/// waits for them.
 pub(crate) fn ensure_for(netns: &Netns, pod: &PodNetns) -> Result<(), CaptureError> {
-    let (v4, v6) = both(|family| ensure(netns, family));
+    let [v4, v6] = both(netns, ENSURE)?;
     v4?;
     ipv6_step(pod, v6)
 }
 
-fn both<F>(f: F) -> (Result<(), CaptureError>, Result<(), CaptureError>)
-where
-    F: Fn(Family) -> Result<(), CaptureError> + Sync,
-{
-    std::thread::scope(|scope| {
-        let v6 = scope.spawn(|| f(Family::V6));
-        let v4 = f(Family::V4);
-        let v6 = v6
-            .join()
-            .unwrap_or_else(|_| Err(CaptureError::Task("IPv6 policy routing panicked".into())));
-        (v4, v6)
-    })
-}
-
 pub(crate) fn remove_for(netns: &Netns, pod: &PodNetns) -> Result<(), CaptureError> {
-    let (v4, v6) = both(|family| remove(netns, family));
+    let [v4, v6] = both(netns, REMOVE)?;
     v4?;
     ipv6_step(pod, v6)
 }
 
 /// Exactly one rule per family the pod has.
 pub(crate) fn installed_for(netns: &Netns, pod: &PodNetns) -> Result<bool, CaptureError> {
-    if rule_count(netns, Family::V4)? != 1 {
-        return Ok(false);
-    }
-    Ok(!pod.has_ipv6() || rule_count(netns, Family::V6)? == 1)
+    with_rtnl(netns, |rtnl| {
+        if count_rules(rtnl, netns, Family::V4)? != 1 {
+            return Ok(false);
+        }
+        Ok(!pod.has_ipv6() || count_rules(rtnl, netns, Family::V6)? == 1)
+    })
 }
 
 /// IPv6 policy routing is required for pods with IPv6 addresses; elsewhere
