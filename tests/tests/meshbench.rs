@@ -1,7 +1,7 @@
 //! `meshbench <scenario> --quick --json` runs end to end and keeps its
 //! output contract: one JSON object with every figure of the scenario, each
 //! measured (finite, positive) and carrying its baseline and ratio where it
-//! has one. The mesh scenarios (`ztunnel`, `redirect`) need root.
+//! has one. The mesh scenarios (`ztunnel`, `redirect`, `cni`) need root.
 
 // Test helpers panic on failure: that is how a test fails.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -264,4 +264,34 @@ fn ztunnel_capture_flag_takes_only_known_backends() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("iptables"), "{stderr}");
+}
+
+#[test]
+fn cni_quick_json_times_pod_add_and_del_against_the_plain_chain() {
+    let (figures, names) = quick_json("cni");
+    assert_eq!(
+        names,
+        [
+            "pod_add_ms",
+            "pod_del_ms",
+            "pod_add_ms_p90",
+            "pod_add_added_ms",
+            "pod_del_added_ms",
+            "pods"
+        ]
+    );
+    for figure in &figures[..3] {
+        check_figure(figure, true);
+    }
+    // Differences of medians: finite, and of either sign on a noisy run.
+    for figure in &figures[3..5] {
+        let added = figure["mesh"].as_f64().expect("a number");
+        assert!(added.is_finite(), "{figure}");
+        assert!(figure["baseline"].is_null(), "{figure}");
+    }
+    assert_eq!(
+        figures[5]["mesh"].as_f64(),
+        Some(8.0),
+        "quick mode: 8 pods each"
+    );
 }
