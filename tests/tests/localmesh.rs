@@ -146,7 +146,7 @@ fn is_hbone_with_identities(line: &str) -> bool {
 
 #[test]
 fn once_shows_hbone_identities_and_leaves_nothing_behind() {
-    let mut run = Localmesh::spawn(&["--once"]);
+    let mut run = Localmesh::spawn(&["--once", "--pod-range", "241"]);
     let (status, stdout, stderr) = run.finish(RUN_TIMEOUT);
     let output = format!("--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
     assert!(
@@ -186,7 +186,7 @@ fn once_shows_hbone_identities_and_leaves_nothing_behind() {
 
 #[test]
 fn sigint_in_the_run_loop_removes_everything_and_exits_zero() {
-    let mut run = Localmesh::spawn(&["--interval-ms", "200"]);
+    let mut run = Localmesh::spawn(&["--interval-ms", "200", "--pod-range", "242"]);
     let first = run.wait_line(Instant::now() + RUN_TIMEOUT, |l| l.starts_with("[1] "));
     if first.is_none() {
         let (status, stdout, stderr) = run.finish(Duration::ZERO);

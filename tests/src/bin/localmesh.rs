@@ -2,7 +2,7 @@
 //! namespaces with sample apps, real traffic every second, and the identities
 //! that traffic carried; Ctrl-C removes everything it created.
 //!
-//!     localmesh [--once | --rounds N] [--interval-ms MS]
+//!     localmesh [--once | --rounds N] [--interval-ms MS] [--capture auto|ebpf|nftables] [--pod-range OCTET]
 //!
 //! Topology (see `amesh_tests::harness`):
 //!
@@ -81,6 +81,11 @@ struct Args {
     /// can, else nftables — the agent's own default).
     #[arg(long, value_enum, default_value = "auto")]
     capture: CaptureArg,
+    /// Second octet of the pods' addresses (`10.<octet>.<node>.x`). Node
+    /// agents find running pods' netns by IP among all of the machine's
+    /// namespaces, so local meshes running at once need different ones.
+    #[arg(long, default_value_t = 244)]
+    pod_range: u8,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -183,7 +188,8 @@ async fn run(args: Args) -> Result<ExitCode> {
     println!("localmesh: creating a 2-node mesh in network namespaces (Ctrl-C removes everything)");
     let setup_stop = stop.clone();
     let capture = Capture::from(args.capture);
-    let mut setup = tokio::task::spawn_blocking(move || setup(&setup_stop, capture));
+    let pod_range = args.pod_range;
+    let mut setup = tokio::task::spawn_blocking(move || setup(&setup_stop, capture, pod_range));
     // Setup steps are blocking (namespaces, daemons, readiness waits); a
     // signal meanwhile is seen by the setup thread between steps.
     let mut announced = false;
@@ -275,7 +281,7 @@ struct Setup {
 }
 
 /// `None`: a signal came before anything was created.
-fn setup(stop: &Stop, capture: Capture) -> Result<Option<Setup>> {
+fn setup(stop: &Stop, capture: Capture, pod_range: u8) -> Result<Option<Setup>> {
     if stop_requested(stop).is_some() {
         return Ok(None);
     }
@@ -285,7 +291,7 @@ fn setup(stop: &Stop, capture: Capture) -> Result<Option<Setup>> {
     let mut mesh = MeshBuilder::new()
         .capture(capture)
         .cni()
-        .pod_range(244)
+        .pod_range(pod_range)
         .namespace_labels("default", [("istio.io/dataplane-mode", "ambient")])
         .nodes(2)
         .pod(PodSpec::new("frontend", 0).service_account("frontend"))
