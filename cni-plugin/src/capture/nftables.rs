@@ -179,21 +179,16 @@ impl Capture for NftablesCapture {
 
     /// `create table` instead of `add`+`delete`: replacing a table makes
     /// the kernel wait for an RCU grace period (about 12 ms here), creating
-    /// one does not. The return path is set up alongside: nothing flows in
-    /// a fresh sandbox, so the order does not matter.
+    /// one does not.
     fn install_fresh(&self, pod: &PodNetns) -> Result<(), CaptureError> {
         let netns = open(pod)?;
-        let script = self.fresh_script();
-        let (routes, table) = std::thread::scope(|scope| {
-            let routes = scope.spawn(|| policy_route::ensure_for(&netns, pod));
-            let table = run(Some(&netns), "nft", &["-f", "-"], Some(&script));
-            let routes = routes
-                .join()
-                .unwrap_or_else(|_| Err(CaptureError::Task("policy routing panicked".into())));
-            (routes, table)
-        });
-        routes?;
-        match table {
+        policy_route::ensure_for(&netns, pod)?;
+        match run(
+            Some(&netns),
+            "nft",
+            &["-f", "-"],
+            Some(&self.fresh_script()),
+        ) {
             Ok(_) => {
                 debug!(netns = %pod.name, "nftables capture installed (fresh netns)");
                 Ok(())

@@ -27,7 +27,7 @@ use crate::netns::Netns;
 use rtnl::Rtnl;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Family {
+enum Family {
     V4,
     V6,
 }
@@ -270,35 +270,6 @@ fn count_rules(rtnl: &mut Rtnl, netns: &Netns, family: Family) -> Result<usize, 
         .dump_rules(family.address_family())
         .map_err(|source| request_error(netns, &format!("RTM_GETRULE ({family} dump)"), source))?;
     Ok(rules.iter().filter(|rule| is_ours(rule)).count())
-}
-
-fn single(
-    outcomes: Result<Vec<Result<(), CaptureError>>, CaptureError>,
-) -> Result<(), CaptureError> {
-    outcomes?.into_iter().next().unwrap_or(Ok(()))
-}
-
-/// Number of copies of our fwmark rule.
-#[cfg_attr(not(test), expect(dead_code, reason = "per-family entry point"))]
-pub(crate) fn rule_count(netns: &Netns, family: Family) -> Result<usize, CaptureError> {
-    with_rtnl(netns, |rtnl| count_rules(rtnl, netns, family))
-}
-
-/// `route replace` of the local default route in table 100, then the rule
-/// (an exact duplicate of which the kernel refuses: success here).
-#[cfg_attr(not(test), expect(dead_code, reason = "per-family entry point"))]
-pub(crate) fn ensure(netns: &Netns, family: Family) -> Result<(), CaptureError> {
-    single(with_rtnl(netns, |rtnl| {
-        apply(rtnl, netns, ENSURE, &[family])
-    }))
-}
-
-/// The rule (twice), then the route; what is not there is not an error.
-#[cfg_attr(not(test), expect(dead_code, reason = "per-family entry point"))]
-pub(crate) fn remove(netns: &Netns, family: Family) -> Result<(), CaptureError> {
-    single(with_rtnl(netns, |rtnl| {
-        apply(rtnl, netns, REMOVE, &[family])
-    }))
 }
 
 /// Both families' requests in one datagram, their outcomes apart.

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use amesh_core::config::ConfigSnapshot;
-use amesh_core::config::enrollment::namespace_is_ambient;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -191,12 +190,8 @@ impl CniServer {
             s.workload_by_name(&add.pod.namespace, &add.pod.name)
                 .is_some()
         };
-        let ambient_namespace = |s: &Arc<ConfigSnapshot>| {
-            let labels = s.namespaces().get(&add.pod.namespace).map(|n| &n.labels);
-            add.pod.namespace != s.mesh_namespace() && namespace_is_ambient(labels)
-        };
         let current = config.borrow_and_update().clone();
-        if !listed(&current) && ambient_namespace(&current) {
+        if !listed(&current) && current.namespace_is_ambient(&add.pod.namespace) {
             debug!(pod = %key, wait = ?self.pod_wait, "pod not in the config yet; waiting");
             let _ = tokio::time::timeout(self.pod_wait, config.wait_for(|s| listed(s))).await;
         }

@@ -10,7 +10,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use amesh_core::config::ConfigSnapshot;
-use amesh_core::config::enrollment::{DATAPLANE_MODE_LABEL, namespace_is_ambient};
+use amesh_core::config::enrollment::DATAPLANE_MODE_LABEL;
 use serde::{Deserialize, Serialize};
 
 pub const STATE_VERSION: u32 = 1;
@@ -52,10 +52,9 @@ impl NodeState {
     pub fn from_snapshot(snapshot: &ConfigSnapshot, node: &str) -> Self {
         let ambient_namespaces: BTreeSet<String> = snapshot
             .namespaces()
-            .values()
-            .filter(|ns| ns.name != snapshot.mesh_namespace())
-            .filter(|ns| namespace_is_ambient(Some(&ns.labels)))
-            .map(|ns| ns.name.clone())
+            .keys()
+            .filter(|name| snapshot.namespace_is_ambient(name))
+            .cloned()
             .collect();
         let pods = snapshot
             .workloads()

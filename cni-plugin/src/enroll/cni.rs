@@ -288,8 +288,7 @@ impl Enroller {
 /// wait for it (identity and labels come from there); others start.
 fn unknown_pod(snapshot: &ConfigSnapshot, key: &str) -> Reply {
     let namespace = key.split_once('/').map_or(key, |(ns, _)| ns);
-    let labels = snapshot.namespaces().get(namespace).map(|n| &n.labels);
-    if namespace != snapshot.mesh_namespace() && enrollment::namespace_is_ambient(labels) {
+    if snapshot.namespace_is_ambient(namespace) {
         Reply::Error(ErrorReply::new(
             codes::TRY_AGAIN_LATER,
             format!(

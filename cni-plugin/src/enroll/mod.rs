@@ -162,6 +162,7 @@ impl Enroller {
     /// then ztunnel. `discover`: also search the node for pods whose netns
     /// is unknown (not on the CNI path: a scan costs milliseconds).
     pub async fn reconcile(&mut self, discover: bool) {
+        self.write_state();
         self.pass(discover).await;
         self.sync_probe_set().await;
     }
@@ -170,7 +171,6 @@ impl Enroller {
     /// updates after it has replied: kubelet probes start only after the
     /// pod's containers, long after the reply.
     async fn pass(&mut self, discover: bool) {
-        self.write_state();
         let snapshot = self.snapshot.clone();
         let desired: BTreeMap<&str, &Arc<Workload>> = snapshot
             .workloads()
@@ -222,7 +222,7 @@ impl Enroller {
     }
 
     /// The state file follows the config: rewritten when its content would
-    /// change.
+    /// change (CNI requests do not change it, so only full passes look).
     fn write_state(&mut self) {
         let Some(path) = &self.config.state_file else {
             return;

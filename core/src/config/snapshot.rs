@@ -87,6 +87,15 @@ impl ConfigSnapshot {
         &self.namespaces
     }
 
+    /// Whether pods of `namespace` are in the mesh by default: it is
+    /// labelled ambient and is not the mesh's own.
+    pub fn namespace_is_ambient(&self, namespace: &str) -> bool {
+        namespace != self.mesh_namespace
+            && super::enrollment::namespace_is_ambient(
+                self.namespaces.get(namespace).map(|n| &n.labels),
+            )
+    }
+
     /// The mesh's own namespace (its pods are never enrolled).
     pub fn mesh_namespace(&self) -> &str {
         &self.mesh_namespace

@@ -404,21 +404,6 @@ impl Capture for EbpfCapture {
         self.attach(&netns, pod)
     }
 
-    /// The return path alongside the programs: nothing flows in a fresh
-    /// sandbox, and a pod add waits for both.
-    fn install_fresh(&self, pod: &PodNetns) -> Result<(), CaptureError> {
-        let netns = open(pod)?;
-        let (routes, programs) = std::thread::scope(|scope| {
-            let routes = scope.spawn(|| policy_route::ensure_for(&netns, pod));
-            let programs = self.attach(&netns, pod);
-            let routes = routes
-                .join()
-                .unwrap_or_else(|_| Err(CaptureError::Task("policy routing panicked".into())));
-            (routes, programs)
-        });
-        routes?;
-        programs
-    }
     fn remove(&self, pod: &PodNetns) -> Result<(), CaptureError> {
         let netns = Netns::open(&pod.path).ok();
         let mut state = self.lock()?;

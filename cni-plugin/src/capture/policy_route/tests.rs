@@ -123,6 +123,17 @@ fn median(mut samples: Vec<Duration>) -> Duration {
     samples[samples.len() / 2]
 }
 
+/// Copies of our rule in `family`.
+fn rule_count(netns: &Netns, family: Family) -> Result<usize, CaptureError> {
+    with_rtnl(netns, |rtnl| count_rules(rtnl, netns, family))
+}
+
+/// `steps` for one family only.
+fn one_family(netns: &Netns, steps: &[Step], family: Family) -> Result<(), CaptureError> {
+    let outcomes = with_rtnl(netns, |rtnl| apply(rtnl, netns, steps, &[family]))?;
+    outcomes.into_iter().next().unwrap_or(Ok(()))
+}
+
 #[test]
 fn ensure_and_remove_are_idempotent() {
     let ns = TestNetns::new(0, true);
@@ -166,11 +177,11 @@ fn ensure_and_remove_are_idempotent() {
     assert!(!installed_for(netns, &pod).unwrap());
 
     // Per family.
-    ensure(netns, Family::V6).unwrap();
+    one_family(netns, ENSURE, Family::V6).unwrap();
     assert_eq!((ns.ip_rules("-4"), ns.ip_rules("-6")), (0, 1));
     assert_eq!(ns.ip_routes("-6"), local_default());
-    remove(netns, Family::V6).unwrap();
-    remove(netns, Family::V6).unwrap();
+    one_family(netns, REMOVE, Family::V6).unwrap();
+    one_family(netns, REMOVE, Family::V6).unwrap();
     assert_eq!(ns.ip_rules("-6"), 0);
     assert!(ns.ip_routes("-6").is_empty());
 
@@ -220,7 +231,9 @@ fn ipv6_is_best_effort_and_errors_name_the_request() {
         )) && message.contains("Network is down"),
         "{message}"
     );
-    let message = ensure(netns, Family::V6).unwrap_err().to_string();
+    let message = one_family(netns, ENSURE, Family::V6)
+        .unwrap_err()
+        .to_string();
     assert!(message.contains("RTM_NEWROUTE (IPv6"), "{message}");
 
     remove_for(netns, &dual_pod).unwrap();
