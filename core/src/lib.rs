@@ -18,6 +18,7 @@ pub mod identity;
 pub mod metrics;
 pub mod policy;
 pub mod tls;
+pub mod xds;
 pub mod zds;
 
 pub use identity::Identity;

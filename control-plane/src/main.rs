@@ -1,0 +1,2 @@
+//! amesh-control-plane (being written).
+fn main() {}
