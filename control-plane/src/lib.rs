@@ -6,6 +6,7 @@ pub mod admin;
 pub mod ca;
 pub mod crd;
 pub mod derive;
+pub mod grpc;
 pub mod resources;
 pub mod source;
 pub mod store;

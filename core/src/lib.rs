@@ -15,6 +15,7 @@ pub mod certs;
 pub mod config;
 pub mod hbone;
 pub mod identity;
+pub mod l7;
 pub mod metrics;
 pub mod policy;
 pub mod tls;

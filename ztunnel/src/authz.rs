@@ -67,6 +67,7 @@ pub fn dst_workload<'a>(
             status: HealthStatus::Healthy,
             waypoint: None,
             identity: identity.clone(),
+            authorization_policies: Vec::new(),
         }),
     }
 }

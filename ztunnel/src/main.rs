@@ -9,6 +9,7 @@ mod admin;
 mod authz;
 mod busy_poll;
 mod config_changes;
+mod config_source;
 mod inbound;
 mod live;
 mod logging;
@@ -32,29 +33,52 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use amesh_core::admin::Readiness;
-use amesh_core::certs::{CertStore, CertStoreConfig, LocalCa};
-use amesh_core::config::{ConfigWatcher, WatchConfig};
+use amesh_core::certs::{
+    CertStore, CertStoreConfig, CertificateAuthority, LocalCa, RemoteCa, RemoteCaConfig,
+};
 use amesh_core::metrics::Metrics;
 use anyhow::Context;
-use clap::Parser;
+use clap::{ArgGroup, Parser};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "amesh node proxy")]
+#[command(
+    version,
+    about = "amesh node proxy",
+    group(ArgGroup::new("source").required(true).args(["config", "xds_address"]))
+)]
 struct Args {
     /// This node's name: the workloads it serves have `node: <name>`.
     #[arg(long)]
     node: String,
-    /// Workload config (YAML), watched for changes.
+    /// Workload config (YAML), watched for changes: standalone mode.
+    /// Exactly one of --config and --xds-address.
     #[arg(long)]
-    config: PathBuf,
+    config: Option<PathBuf>,
+    /// The control plane (`http://host:port`, or `https://` with
+    /// --xds-root-cert): workloads, services and policies come from it over
+    /// delta xDS, and certificates from its CA.
+    #[arg(long)]
+    xds_address: Option<String>,
+    /// The CA (`IstioCertificateService`) when it is not the xDS address;
+    /// also usable with --config instead of the local CA.
+    #[arg(long)]
+    ca_address: Option<String>,
+    /// Bearer token presented to the control plane and CA (re-read on
+    /// every connection and request).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// PEM roots that verify the control plane's and CA's TLS certificates.
+    #[arg(long)]
+    xds_root_cert: Option<PathBuf>,
     /// The node agent's ZDS socket.
     #[arg(long, default_value = "/var/run/ztunnel/ztunnel.sock")]
     zds_socket: PathBuf,
-    /// Local CA directory (root-cert.pem, root-key.pem); created if missing.
+    /// Local CA directory (root-cert.pem, root-key.pem), created if missing;
+    /// used when no CA address is given.
     #[arg(long, default_value = "/var/lib/amesh/ca")]
     ca_dir: PathBuf,
     #[arg(long, default_value = amesh_core::identity::DEFAULT_TRUST_DOMAIN)]
@@ -120,17 +144,11 @@ async fn run(
     log_control: logging::LogControl,
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new();
-    let watch_config = WatchConfig::new(&args.config, &args.trust_domain)
-        .root_namespace(&args.root_namespace)
-        .on_reload({
-            let metrics = metrics.clone();
-            move |applied| metrics.config_reload(applied)
-        });
-    let watcher = ConfigWatcher::start(watch_config)
-        .map_err(|err| anyhow::anyhow!("invalid config: {err}"))?;
-    let ca = LocalCa::load_or_create(&args.ca_dir, &args.trust_domain)
-        .with_context(|| format!("loading the CA from {}", args.ca_dir.display()))?;
-    let certs = Arc::new(CertStore::new(Arc::new(ca), CertStoreConfig::default()));
+    let source = config_source(&args, &metrics)?;
+    let certs = Arc::new(CertStore::new(
+        certificate_authority(&args)?,
+        CertStoreConfig::default(),
+    ));
     let proxy = Arc::new(proxy::Proxy {
         settings: proxy::Settings {
             node: args.node.clone(),
@@ -142,7 +160,7 @@ async fn run(
             },
             connect_timeout: Duration::from_millis(args.connect_timeout_ms),
         },
-        config: watcher.subscribe(),
+        config: source.subscribe(),
         certs,
         connections: TaskTracker::new(),
         metrics: metrics.clone(),
@@ -153,7 +171,9 @@ async fn run(
         workers.iter().cloned().collect(),
     ));
     let (ready_tx, ready) = watch::channel(Readiness::not_ready(
-        "waiting for the node agent's snapshot",
+        source
+            .pending()
+            .unwrap_or("waiting for the node agent's snapshot"),
     ));
     let servers_cancel = CancellationToken::new();
     servers::start(
@@ -172,8 +192,20 @@ async fn run(
         &servers_cancel,
     )?;
     tokio::spawn(config_changes::follow(proxy.clone()));
-    info!(node = %args.node, config = %args.config.display(), zds = %args.zds_socket.display(), "ztunnel started");
+    info!(node = %args.node, config = %source.describe(), zds = %args.zds_socket.display(), "ztunnel started");
 
+    // Pods are taken from the node agent only once there is a config to
+    // serve them with: an empty one would refuse all their traffic.
+    tokio::select! {
+        loaded = source.loaded() => loaded?,
+        _ = shutdown_signal() => {
+            servers_cancel.cancel();
+            return Ok(());
+        }
+    }
+    ready_tx.send_replace(Readiness::not_ready(
+        "waiting for the node agent's snapshot",
+    ));
     let zds = zds_client::run(
         &args.zds_socket,
         registry.clone(),
@@ -195,8 +227,55 @@ async fn run(
     )
     .await;
     servers_cancel.cancel();
-    drop(watcher);
+    drop(source);
     Ok(())
+}
+
+/// The config file, or the control plane when --xds-address is given
+/// (clap makes them exclusive and requires one).
+fn config_source(args: &Args, metrics: &Metrics) -> anyhow::Result<config_source::ConfigSource> {
+    match (&args.config, &args.xds_address) {
+        (Some(path), None) => config_source::ConfigSource::file(
+            path.clone(),
+            &args.trust_domain,
+            &args.root_namespace,
+            metrics,
+        ),
+        (None, Some(address)) => config_source::ConfigSource::xds(
+            config_source::XdsSettings {
+                address: address.clone(),
+                node: args.node.clone(),
+                token_file: args.token_file.clone(),
+                root_cert: args.xds_root_cert.clone(),
+                trust_domain: args.trust_domain.clone(),
+                root_namespace: args.root_namespace.clone(),
+            },
+            metrics,
+        ),
+        _ => anyhow::bail!("exactly one of --config and --xds-address is required"),
+    }
+}
+
+/// The control plane's CA (--ca-address, else --xds-address), or the local
+/// CA in --ca-dir for standalone use.
+fn certificate_authority(args: &Args) -> anyhow::Result<Arc<dyn CertificateAuthority>> {
+    match args.ca_address.as_ref().or(args.xds_address.as_ref()) {
+        Some(address) => {
+            let ca = RemoteCa::connect(RemoteCaConfig {
+                address: address.clone(),
+                token_file: args.token_file.clone(),
+                root_cert: args.xds_root_cert.clone(),
+                server_name: None,
+            })
+            .with_context(|| format!("CA address {address}"))?;
+            Ok(Arc::new(ca))
+        }
+        None => {
+            let ca = LocalCa::load_or_create(&args.ca_dir, &args.trust_domain)
+                .with_context(|| format!("loading the CA from {}", args.ca_dir.display()))?;
+            Ok(Arc::new(ca))
+        }
+    }
 }
 
 /// Graceful shutdown: stop accepting, let open connections finish within

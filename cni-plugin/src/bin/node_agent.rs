@@ -1,7 +1,9 @@
 //! amesh-node-agent: enrolls this node's ambient pods (capture in their
 //! netns) and hands them to ztunnel over ZDS.
 //!
-//! `amesh-node-agent --node N --config PATH --zds-socket PATH` runs the agent:
+//! `amesh-node-agent --node N --config PATH --zds-socket PATH` runs the agent
+//! (`--xds-address URL` instead of `--config`: enrollment decisions come from
+//! the control plane):
 //! it serves the `amesh-cni` plugin on `--cni-socket`, keeps the node state
 //! file the plugin falls back on, and, given `--cni-bin-dir` and
 //! `--cni-conf-dir`, installs the plugin into the node's CNI chain.
@@ -9,6 +11,10 @@
 //! agent restart must not open a window where pods' traffic bypasses
 //! ztunnel, nor let ambient pods start uncaptured).
 //! `amesh-node-agent uninstall ...` removes everything explicitly.
+
+// A crate root: its modules live beside it, so name the directory.
+#[path = "node_agent/config_source.rs"]
+mod config_source;
 
 use std::io::IsTerminal;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -29,14 +35,16 @@ use amesh_cni::enroll::{EnrollConfig, Enroller, read_record};
 use amesh_cni::node_netns::NetnsScanner;
 use amesh_cni::uninstall::{Targets, uninstall};
 use amesh_cni::zds_server::{ZdsRegistry, ZdsServer};
-use amesh_core::config::{ConfigWatcher, WatchConfig, load_file};
+use amesh_core::config::load_file;
 use amesh_core::zds::ZdsListener;
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
+
+use config_source::{ConfigSource, XdsSettings};
 
 /// Bound on every ZDS wait (hello, each message, each ack).
 const ZDS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -80,13 +88,27 @@ enum CaptureBackend {
 }
 
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["config", "xds_address"])))]
 struct RunArgs {
     /// This node's name (workloads' `node`).
     #[arg(long, required = true)]
     node: Option<String>,
-    /// Workload config (YAML), watched for changes.
-    #[arg(long, required = true)]
+    /// Workload config (YAML), watched for changes: standalone mode.
+    /// Exactly one of --config and --xds-address.
+    #[arg(long)]
     config: Option<PathBuf>,
+    /// The control plane (`http://host:port`, or `https://` with
+    /// --xds-root-cert): pod and namespace enrollment come from it over
+    /// delta xDS.
+    #[arg(long)]
+    xds_address: Option<String>,
+    /// Bearer token presented to the control plane (re-read on every
+    /// connection).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// PEM roots that verify the control plane's TLS certificate.
+    #[arg(long)]
+    xds_root_cert: Option<PathBuf>,
     /// ZDS socket ztunnel connects to.
     #[arg(long, required = true)]
     zds_socket: Option<PathBuf>,
@@ -206,10 +228,8 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run_agent(args: RunArgs) -> anyhow::Result<()> {
     // clap enforces these without a subcommand.
-    let (Some(node), Some(config_path), Some(zds_socket)) =
-        (args.node, args.config, args.zds_socket)
-    else {
-        anyhow::bail!("--node, --config and --zds-socket are required");
+    let (Some(node), Some(zds_socket)) = (args.node, args.zds_socket) else {
+        anyhow::bail!("--node and --zds-socket are required");
     };
     let capture_config = CaptureConfig {
         outbound_port: args.outbound_port,
@@ -225,17 +245,35 @@ async fn run_agent(args: RunArgs) -> anyhow::Result<()> {
         scanner,
     };
     let capture = select_backend(args.capture, &capture_config, &ebpf_settings)?;
-    let watcher = ConfigWatcher::start(WatchConfig::new(&config_path, &args.trust_domain))
-        .with_context(|| format!("loading {}", config_path.display()))?;
+    let source = match (args.config, args.xds_address) {
+        (Some(path), None) => ConfigSource::file(path, &args.trust_domain)?,
+        (None, Some(address)) => ConfigSource::xds(XdsSettings {
+            address,
+            node: node.clone(),
+            token_file: args.token_file,
+            root_cert: args.xds_root_cert,
+            trust_domain: args.trust_domain.clone(),
+        })?,
+        _ => anyhow::bail!("exactly one of --config and --xds-address is required"),
+    };
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    // Until the control plane's first push the CNI plugin decides from the
+    // node state file, as when the agent is down.
+    tokio::select! {
+        loaded = source.loaded() => loaded?,
+        _ = sigterm.recv() => return Ok(()),
+        _ = sigint.recv() => return Ok(()),
+    }
     let listener = ZdsListener::bind(&zds_socket)
         .with_context(|| format!("binding ZDS socket {}", zds_socket.display()))?;
-    info!(%node, config = %config_path.display(), zds = %zds_socket.display(), netns_dir = %args.netns_dir.display(), "node agent started");
+    info!(%node, config = %source.describe(), zds = %zds_socket.display(), netns_dir = %args.netns_dir.display(), "node agent started");
 
     let (commands, command_rx) = mpsc::channel(CNI_QUEUE);
     let cni_server = CniServer::bind(
         &args.cni.cni_socket,
         commands,
-        watcher.subscribe(),
+        source.subscribe(),
         Duration::from_secs(args.cni_pod_wait_secs),
     )
     .with_context(|| format!("binding CNI socket {}", args.cni.cni_socket.display()))?;
@@ -258,12 +296,10 @@ async fn run_agent(args: RunArgs) -> anyhow::Result<()> {
     );
     let installer = plugin_installer(&args.cni)?;
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     tokio::select! {
         () = server.run() => anyhow::bail!("ZDS server stopped"),
         () = cni_server.run() => anyhow::bail!("CNI server stopped"),
-        () = enroller.run(watcher.subscribe(), command_rx) => anyhow::bail!("enrollment stopped"),
+        () = enroller.run(source.subscribe(), command_rx) => anyhow::bail!("enrollment stopped"),
         () = keep_installed(installer) => anyhow::bail!("CNI plugin installer stopped"),
         _ = sigterm.recv() => info!("SIGTERM: exiting, capture stays in place"),
         _ = sigint.recv() => info!("SIGINT: exiting, capture stays in place"),

@@ -1,1 +1,11 @@
-//! (being written)
+//! Delta xDS (`DeltaAggregatedResources`) over the derived resources:
+//! nonces, ACK/NACK, resumption with `initial_resource_versions`, and
+//! node-scoped resources only to their node.
+
+pub mod diff;
+pub mod metrics;
+pub mod server;
+pub mod state;
+
+pub use metrics::XdsMetrics;
+pub use server::XdsServer;

@@ -4,11 +4,13 @@
 mod bundle;
 mod ca;
 pub mod pem;
+mod remote;
 mod store;
 mod workload;
 
 pub use bundle::TrustBundle;
 pub use ca::{CertificateAuthority, DEFAULT_CERT_TTL, IssuedCertificate, LocalCa, SignFuture};
+pub use remote::{RemoteCa, RemoteCaConfig};
 pub use store::{CertStore, CertStoreConfig, CertWatch};
 pub use workload::{CertificateRequest, WorkloadCertificate};
 
@@ -42,4 +44,6 @@ pub enum CertError {
     Io { path: String, reason: String },
     #[error("CA unavailable: {0}")]
     Unavailable(String),
+    #[error("CA refused the certificate request: {code}: {message}")]
+    Refused { code: String, message: String },
 }

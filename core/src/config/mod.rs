@@ -65,5 +65,5 @@ mod watch;
 pub use error::ConfigError;
 pub use model::{HealthStatus, Namespace, Protocol, Service, ServicePort, WaypointRef, Workload};
 pub use parse::{ParseOptions, load_file, load_file_with, parse, parse_with};
-pub use snapshot::{ConfigSnapshot, ServiceEntry};
+pub use snapshot::{ConfigSnapshot, ModelParts, ServiceEntry};
 pub use watch::{ConfigWatcher, WatchConfig};

@@ -62,6 +62,10 @@ pub struct Workload {
     pub waypoint: Option<WaypointRef>,
     /// `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
     pub identity: Identity,
+    /// Selector-bound policies (`namespace/name`) as the control plane
+    /// bound them (xDS); empty for file-sourced snapshots, where policies'
+    /// label selectors apply instead.
+    pub authorization_policies: Vec<String>,
 }
 
 impl Workload {

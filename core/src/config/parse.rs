@@ -401,6 +401,7 @@ impl Validator<'_> {
                 status: w.status,
                 waypoint: w.waypoint,
                 identity,
+                authorization_policies: Vec::new(),
             });
         }
 

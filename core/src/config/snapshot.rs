@@ -28,6 +28,19 @@ impl ServiceEntry {
     }
 }
 
+/// The parts of a model built by another source than the config file (the
+/// control plane from Kubernetes objects, ztunnel from xDS).
+#[derive(Debug, Default)]
+pub struct ModelParts {
+    pub namespaces: Vec<Namespace>,
+    pub workloads: Vec<Workload>,
+    /// `endpoints` are workload uids.
+    pub services: Vec<Service>,
+    pub policies: PolicySet,
+    /// The mesh's own namespace: its pods are never enrolled.
+    pub mesh_namespace: String,
+}
+
 #[derive(Debug, Default)]
 pub struct ConfigSnapshot {
     by_uid: HashMap<String, Arc<Workload>>,
@@ -70,6 +83,19 @@ impl ConfigSnapshot {
             snap.services.push(entry);
         }
         snap
+    }
+
+    /// Indexes `parts`; the caller ensures workload uids are unique.
+    /// Endpoints naming no workload are left out.
+    pub fn from_parts(parts: ModelParts) -> Self {
+        let namespaces = parts
+            .namespaces
+            .into_iter()
+            .map(|n| (n.name.clone(), n))
+            .collect();
+        Self::new(parts.workloads, parts.services)
+            .with_namespaces(namespaces, &parts.mesh_namespace)
+            .with_policies(parts.policies)
     }
 
     pub(super) fn with_namespaces(

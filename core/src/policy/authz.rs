@@ -159,7 +159,7 @@ impl PolicySet {
         let inner = &*self.inner;
         let local = inner.local(dst);
         let applicable = || inner.applicable_with(local, dst);
-        let with = |action: Action| applicable().filter(move |p| p.spec.action == action);
+        let with = |action: Action| applicable().filter(move |p| p.action == action);
 
         let audited: Vec<PolicyRef> = with(Action::Audit)
             .filter(|p| p.compiled.matching(conn).is_some())

@@ -23,10 +23,11 @@ use super::scalars::{Condition, IpBlock, L4_WHEN_KEYS};
 
 /// A rule as clauses: every clause must hold, and a clause holds when any of
 /// its matches does. `{}` has no clause and matches everything.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub(crate) struct CompiledRule {
-    clauses: Vec<Vec<L4Match>>,
+    pub clauses: Vec<Vec<L4Match>>,
     /// L7 parts were dropped (DENY): matching denies more than written.
+    #[serde(skip)]
     pub l7: bool,
 }
 

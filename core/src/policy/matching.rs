@@ -6,6 +6,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+use serde::{Serialize, Serializer};
+
 use super::authz::Connection;
 
 /// `spiffe://` is optional in policies: Istio writes principals without it.
@@ -55,6 +57,18 @@ impl StrMatch {
 
     pub(crate) fn matches(&self, value: &str) -> bool {
         self.matches_parts(&[value])
+    }
+}
+
+/// Istio's pattern syntax back (`*`, `abc*`, `*abc`, exact).
+impl fmt::Display for StrMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Presence => f.write_str("*"),
+            Self::Exact(v) => f.write_str(v),
+            Self::Prefix(v) => write!(f, "{v}*"),
+            Self::Suffix(v) => write!(f, "*{v}"),
+        }
     }
 }
 
@@ -129,6 +143,19 @@ fn max_prefix(addr: IpAddr) -> u8 {
 }
 
 impl Cidr {
+    /// `None` when `prefix` is longer than the address.
+    pub(crate) fn new(addr: IpAddr, prefix: u8) -> Option<Self> {
+        (prefix <= max_prefix(addr)).then_some(Self { addr, prefix })
+    }
+
+    pub(crate) fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    pub(crate) fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
     /// Host bits set in the network address are ignored, as Go's
     /// `netip.ParsePrefix` (Istio) does.
     pub(crate) fn contains(&self, ip: IpAddr) -> bool {
@@ -164,22 +191,46 @@ pub(crate) struct ServiceAccount {
     pub name: Box<str>,
 }
 
+impl fmt::Display for ServiceAccount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// For `/config_dump`: each value as Istio writes it.
+fn display_all<T: fmt::Display, S: Serializer>(values: &[T], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(values.iter().map(ToString::to_string))
+}
+
 /// Istio's ztunnel `Match`: every non-empty field must hold (AND); within a
 /// field any value may match (OR); a `not_` field holds when no value
 /// matches. From/to entries and L4 `when` conditions all compile to this.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct L4Match {
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "display_all")]
     pub principals: Vec<StrMatch>,
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "display_all")]
     pub not_principals: Vec<StrMatch>,
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "display_all")]
     pub namespaces: Vec<StrMatch>,
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "display_all")]
     pub not_namespaces: Vec<StrMatch>,
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "display_all")]
     pub service_accounts: Vec<ServiceAccount>,
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "display_all")]
     pub not_service_accounts: Vec<ServiceAccount>,
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "display_all")]
     pub source_ips: Vec<Cidr>,
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "display_all")]
     pub not_source_ips: Vec<Cidr>,
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "display_all")]
     pub destination_ips: Vec<Cidr>,
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "display_all")]
     pub not_destination_ips: Vec<Cidr>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub destination_ports: Vec<u16>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_destination_ports: Vec<u16>,
 }
 

@@ -37,6 +37,7 @@
 //! empty principal is in no list).
 
 mod authz;
+mod bound;
 mod compile;
 mod matching;
 mod model;
@@ -44,6 +45,7 @@ mod peer_auth;
 mod resource;
 mod scalars;
 mod set;
+mod spec;
 
 pub use authz::{Connection, Decision, DenyReason};
 pub use model::{
@@ -55,8 +57,13 @@ pub use peer_auth::{EffectiveMtls, MtlsMode};
 pub use resource::PolicyKind;
 pub use scalars::{Condition, IpBlock, PortValue};
 pub use set::{DEFAULT_ROOT_NAMESPACE, ISTIO_ROOT_NAMESPACE, PolicyRef, PolicySet, SkippedPolicy};
+pub use spec::{PolicyResource, PolicySpecError, parse_policy};
 
+pub(crate) use compile::{CompiledPolicy, CompiledRule};
+pub(crate) use matching::{Cidr, L4Match, ServiceAccount, StrMatch};
+pub(crate) use peer_auth::{PlaintextDeny, StrictPorts};
 pub(crate) use resource::{Header, ReadError, ResourceReader};
+pub(crate) use set::AuthzEntry;
 
 #[cfg(test)]
 mod tests;

@@ -79,8 +79,9 @@ impl PolicySet {
         self.effective_mtls(dst, port).mode
     }
 
-    /// As [`PolicySet::mtls_mode`], with the policy that decided.
-    pub fn effective_mtls(&self, dst: &Workload, port: u16) -> EffectiveMtls {
+    /// The PeerAuthentications of each level that apply to `dst`: mesh,
+    /// namespace, workload.
+    fn levels(&self, dst: &Workload) -> [Option<&PeerAuthEntry>; 3] {
         let inner = &*self.inner;
         let active = || {
             inner
@@ -100,7 +101,12 @@ impl PolicySet {
                     .as_ref()
                     .is_some_and(|s| s.matches(&dst.labels))
         });
+        [mesh, namespace, workload]
+    }
 
+    /// As [`PolicySet::mtls_mode`], with the policy that decided.
+    pub fn effective_mtls(&self, dst: &Workload, port: u16) -> EffectiveMtls {
+        let levels = self.levels(dst);
         let mut effective = EffectiveMtls {
             mode: MtlsMode::Permissive,
             policy: None,
@@ -111,11 +117,10 @@ impl PolicySet {
                 effective.policy = Some(policy.clone());
             }
         };
-        let mode_of = |p: &PeerAuthEntry| p.spec.mtls.map(|m| m.mode).unwrap_or_default();
-        for p in [mesh, namespace, workload].into_iter().flatten() {
+        for p in levels.into_iter().flatten() {
             apply(mode_of(p), &p.policy);
         }
-        if let Some(p) = workload {
+        if let [_, _, Some(p)] = levels {
             let key = super::scalars::PortValue(port);
             if let Some(port_mtls) = p.spec.port_level_mtls.get(&key) {
                 apply(port_mtls.mode, &p.policy);
@@ -123,4 +128,68 @@ impl PolicySet {
         }
         effective
     }
+
+    /// Where `dst` refuses plaintext, as Istio's control plane tells its
+    /// ztunnel (a DENY policy for connections without a principal);
+    /// `None` when it accepts plaintext on every port.
+    pub(crate) fn plaintext_deny(&self, dst: &Workload) -> Option<PlaintextDeny> {
+        let [_, _, workload] = self.levels(dst);
+        // Port 0 is never a portLevelMtls key: this is the workload's mode.
+        let base = self.effective_mtls(dst, 0);
+        let mut exceptions: Vec<u16> = workload
+            .into_iter()
+            .flat_map(|p| p.spec.port_level_mtls.keys())
+            .map(|p| p.0)
+            .filter(|&port| self.effective_mtls(dst, port).mode != base.mode)
+            .collect();
+        exceptions.sort_unstable();
+        exceptions.dedup();
+        // Named after the most specific policy that had a say, so that every
+        // workload it governs gets the same converted policy.
+        let policy = match workload {
+            Some(w) if resolve(mode_of(w)).is_some() || !exceptions.is_empty() => w.policy.clone(),
+            _ => base.policy?,
+        };
+        let ports = match base.mode {
+            MtlsMode::Strict => StrictPorts::AllExcept(exceptions),
+            MtlsMode::Permissive if exceptions.is_empty() => return None,
+            MtlsMode::Permissive => StrictPorts::Only(exceptions),
+        };
+        Some(PlaintextDeny { policy, ports })
+    }
+
+    /// When the only PeerAuthentications in force are mesh-wide and the
+    /// first says STRICT: it decides alone, for every workload.
+    pub(crate) fn mesh_only_strict(&self) -> Option<&PolicyRef> {
+        let mut active = self
+            .inner
+            .peer_authentications
+            .iter()
+            .filter(|p| p.skipped.is_none());
+        if active.clone().any(|p| p.level != Level::Mesh) {
+            return None;
+        }
+        active
+            .next()
+            .filter(|p| resolve(mode_of(p)) == Some(MtlsMode::Strict))
+            .map(|p| &p.policy)
+    }
+}
+
+fn mode_of(p: &PeerAuthEntry) -> MtlsModeSpec {
+    p.spec.mtls.map(|m| m.mode).unwrap_or_default()
+}
+
+/// The ports on which a workload refuses plaintext.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum StrictPorts {
+    Only(Vec<u16>),
+    AllExcept(Vec<u16>),
+}
+
+/// A workload's PeerAuthentications, as one DENY rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PlaintextDeny {
+    pub policy: PolicyRef,
+    pub ports: StrictPorts,
 }

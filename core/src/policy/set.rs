@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
 use super::compile::{CompiledPolicy, compile};
-use super::model::{AuthorizationPolicySpec, PeerAuthenticationSpec, has_labels};
+use super::model::{Action, AuthorizationPolicySpec, PeerAuthenticationSpec, has_labels};
 use super::resource::{PolicyKind, Resource};
 use crate::config::Workload;
 
@@ -64,29 +65,96 @@ impl Serialize for PolicyRef {
     }
 }
 
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct AuthzEntry {
-    #[serde(skip)]
+/// Which workloads an AuthorizationPolicy applies to, within the namespace
+/// scope the index gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Selection {
+    /// Read from YAML: the spec's label selector (none: every workload).
+    Labels,
+    /// From xDS, NAMESPACE or GLOBAL scope: every workload in scope.
+    All,
+    /// From xDS, WORKLOAD_SELECTOR scope: the workloads the control plane
+    /// bound it to (their `authorization_policies` name it).
+    Bound,
+}
+
+#[derive(Debug)]
+pub(crate) struct AuthzEntry {
     pub policy: PolicyRef,
     pub namespace: String,
     pub name: String,
     /// In a root namespace: applies to matching workloads of every namespace.
     pub mesh_wide: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<&'static str>,
-    #[serde(flatten)]
+    pub action: Action,
+    pub selection: Selection,
     pub compiled: CompiledPolicy,
-    pub spec: AuthorizationPolicySpec,
+    /// As written; `None` when received over xDS (compiled form only).
+    pub spec: Option<AuthorizationPolicySpec>,
+    /// The xDS scope, for `/config_dump`, when received over xDS.
+    pub scope: Option<&'static str>,
 }
 
 impl AuthzEntry {
-    /// Namespace scope is the index's job; this checks the selector.
+    /// Bound to the workloads it selects by the control plane: Istio's
+    /// WORKLOAD_SELECTOR scope.
+    pub(crate) fn is_selector_scoped(&self) -> bool {
+        match self.selection {
+            Selection::Labels => has_labels(self.spec.as_ref().and_then(|s| s.selector.as_ref())),
+            Selection::Bound => true,
+            Selection::All => false,
+        }
+    }
+
+    /// Namespace scope is the index's job; this checks the selection.
     pub fn selects(&self, dst: &Workload) -> bool {
-        self.spec
-            .selector
-            .as_ref()
-            .is_none_or(|s| s.matches(&dst.labels))
+        match self.selection {
+            Selection::All => true,
+            Selection::Labels => self
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.as_ref())
+                .is_none_or(|s| s.matches(&dst.labels)),
+            Selection::Bound => dst
+                .authorization_policies
+                .iter()
+                .any(|n| names_policy(n, &self.namespace, &self.name)),
+        }
+    }
+}
+
+/// `full == "{namespace}/{name}"`, without allocating.
+fn names_policy(full: &str, namespace: &str, name: &str) -> bool {
+    full.len() == namespace.len() + 1 + name.len()
+        && full.starts_with(namespace)
+        && full.as_bytes().get(namespace.len()) == Some(&b'/')
+        && full.ends_with(name)
+}
+
+impl Serialize for AuthzEntry {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("namespace", &self.namespace)?;
+        map.serialize_entry("name", &self.name)?;
+        map.serialize_entry("meshWide", &self.mesh_wide)?;
+        if let Some(skipped) = self.skipped {
+            map.serialize_entry("skipped", skipped)?;
+        }
+        if !self.compiled.l7_attributes.is_empty() {
+            map.serialize_entry("l7Attributes", &self.compiled.l7_attributes)?;
+        }
+        match &self.spec {
+            Some(spec) => map.serialize_entry("spec", spec)?,
+            // From xDS: the compiled rules are all there is to show.
+            None => {
+                if let Some(scope) = self.scope {
+                    map.serialize_entry("scope", scope)?;
+                }
+                map.serialize_entry("action", &self.action)?;
+                map.serialize_entry("rules", &self.compiled.rules)?;
+            }
+        }
+        map.end()
     }
 }
 
@@ -220,7 +288,10 @@ impl PolicySet {
                         name: meta.name,
                         mesh_wide,
                         skipped,
-                        spec,
+                        action: spec.action,
+                        selection: Selection::Labels,
+                        spec: Some(spec),
+                        scope: None,
                     });
                 }
                 Resource::PeerAuthentication { meta, spec } => {
@@ -245,6 +316,22 @@ impl PolicySet {
         Self {
             inner: Arc::new(inner),
         }
+    }
+
+    /// Every AuthorizationPolicy, skipped ones included, in order.
+    pub(crate) fn authorization_entries(&self) -> &[AuthzEntry] {
+        &self.inner.authorization_policies
+    }
+
+    /// The AuthorizationPolicies enforced for `dst` that the control plane
+    /// binds to it by name (selector-scoped).
+    pub(crate) fn selector_bound<'a>(
+        &'a self,
+        dst: &'a Workload,
+    ) -> impl Iterator<Item = &'a AuthzEntry> {
+        self.inner
+            .applicable(dst)
+            .filter(|p| p.is_selector_scoped())
     }
 
     /// AuthorizationPolicies plus PeerAuthentications, skipped ones included.

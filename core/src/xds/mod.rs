@@ -1,5 +1,7 @@
 //! Discovery: the delta xDS protocol types and the type URLs amesh serves.
 
+pub mod client;
+pub mod convert;
 pub mod proto;
 
 /// Istio's workload API: workloads and services.

@@ -2,6 +2,7 @@
 //! same run, reported with the ratio mesh / baseline.
 
 pub mod cni;
+pub mod controlplane;
 pub mod crypto;
 pub mod hbone;
 pub mod latency;

@@ -4,7 +4,9 @@
 //!
 //!     localmesh [--once | --rounds N] [--interval-ms MS] [--capture auto|ebpf|nftables] [--pod-range OCTET]
 //!
-//! Topology (see `amesh_tests::harness`):
+//! Topology (see `amesh_tests::harness`): `amesh-control-plane` on the
+//! folder source in the fabric netns serves config (delta xDS) and
+//! certificates (its CA) to every node's ztunnel and node agent.
 //!
 //! ```text
 //! node-0: frontend  (mesh, sa frontend)   backend-0 (mesh, sa backend)
@@ -287,10 +289,11 @@ fn setup(stop: &Stop, capture: Capture, pod_range: u8) -> Result<Option<Setup>> 
     }
     // Pods are created the way a node creates them: each node's runtime
     // (the harness) runs the CNI chain, bridge + host-local + amesh-cni,
-    // and the namespace's label decides who is in the mesh.
+    // and the namespace's label decides who is in the mesh. Config and
+    // certificates come from amesh-control-plane (folder source).
     let mut mesh = MeshBuilder::new()
         .capture(capture)
-        .cni()
+        .control_plane()
         .pod_range(pod_range)
         .namespace_labels("default", [("istio.io/dataplane-mode", "ambient")])
         .nodes(2)
@@ -316,7 +319,8 @@ fn bring_up(mesh: &mut Mesh, stop: &Stop) -> Result<()> {
         None => Ok(()),
     };
     check()?;
-    mesh.start().context("start the node agents and ztunnels")?;
+    mesh.start()
+        .context("start the control plane, node agents and ztunnels")?;
     for pod in APP_PODS {
         check()?;
         mesh.start_app(pod, AppSpec::default().http(HTTP_PORT).whoami(WHOAMI_PORT))
@@ -387,6 +391,11 @@ fn print_banner(mesh: &Mesh, interval: Duration, rounds: Option<u64>) {
     println!();
     println!("amesh local mesh is up");
     println!("  netns prefix  {}", mesh.prefix());
+    println!(
+        "  control plane {}:15012 (xDS + CA), folder {}",
+        amesh_tests::harness::CONTROL_PLANE_ADDR,
+        mesh.control_plane_config_dir().display()
+    );
     println!("  config        {}", mesh.config_path().display());
     println!(
         "  temp dir      {}  (CA, sockets, logs)",

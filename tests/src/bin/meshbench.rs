@@ -5,6 +5,7 @@
 //!     meshbench ztunnel [--policy] [--capture ebpf|nftables] [--ztunnel-arg=ARG ...] [--agent-arg=ARG ...]
 //!     meshbench redirect [--policy] [--ztunnel-arg=ARG ...] [--agent-arg=ARG ...]
 //!     meshbench cni [--capture ebpf|nftables]
+//!     meshbench controlplane
 
 use amesh_tests::bench::{self, Scale};
 use amesh_tests::harness::Capture;
@@ -31,7 +32,7 @@ impl From<CaptureArg> for Capture {
 #[derive(Parser, Debug)]
 #[command(about = "amesh benchmarks: mesh vs. no-mesh baseline, same run")]
 struct Args {
-    /// Scenario to run: hbone, crypto, ztunnel, redirect, cni.
+    /// Scenario to run: hbone, crypto, ztunnel, redirect, cni, controlplane.
     scenario: String,
     /// Shorter runs (under a minute), for smoke tests.
     #[arg(long)]
@@ -109,8 +110,11 @@ fn main() -> Result<()> {
             },
         )?,
         "cni" => bench::cni::run(scale, args.capture.into())?,
+        "controlplane" => bench::controlplane::run(scale)?,
         other => {
-            bail!("unknown scenario {other:?}; available: hbone, crypto, ztunnel, redirect, cni")
+            bail!(
+                "unknown scenario {other:?}; available: hbone, crypto, ztunnel, redirect, cni, controlplane"
+            )
         }
     };
     if args.json {

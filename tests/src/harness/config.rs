@@ -228,3 +228,94 @@ services:
         assert_eq!(names.len(), 1, "no temp files left behind");
     }
 }
+
+/// Renders a control-plane mesh's folder: the same cluster as Kubernetes
+/// objects (Namespaces, Pods with their node and addresses, Services with
+/// an EndpointSlice each), as users' YAML reaches `amesh-control-plane`.
+pub fn render_k8s(
+    namespaces: &BTreeMap<String, BTreeMap<String, String>>,
+    pods: &[Pod],
+    services: &[Service],
+) -> String {
+    let mut docs: Vec<String> = Vec::new();
+    for (name, labels) in namespaces {
+        docs.push(format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {}, labels: {{{}}}}}\n",
+            scalar(name),
+            flow_labels(labels)
+        ));
+    }
+    for pod in pods {
+        let mut labels = pod.labels.clone();
+        if !pod.follows_namespace {
+            let mode = if pod.mesh {
+                DATAPLANE_MODE_AMBIENT
+            } else {
+                DATAPLANE_MODE_NONE
+            };
+            labels.insert(DATAPLANE_MODE_LABEL.to_owned(), mode.to_owned());
+        }
+        docs.push(format!(
+            "apiVersion: v1\nkind: Pod\n\
+             metadata: {{name: {name}, namespace: {ns}, labels: {{{labels}}}}}\n\
+             spec: {{nodeName: {node}, serviceAccountName: {sa}}}\n\
+             status: {{podIP: {ip}, podIPs: [{{ip: {ip}}}, {{ip: \"{ip6}\"}}]}}\n",
+            name = scalar(&pod.name),
+            ns = scalar(&pod.namespace),
+            labels = flow_labels(&labels),
+            node = scalar(&pod.node_name),
+            sa = scalar(&pod.service_account),
+            ip = pod.ip,
+            ip6 = pod.ip6(),
+        ));
+    }
+    for svc in services {
+        let vips: Vec<String> = svc.vips.iter().map(|v| v.to_string()).collect();
+        let ports: Vec<String> = svc
+            .ports
+            .iter()
+            .map(|(port, target)| format!("{{name: p{port}, port: {port}, targetPort: {target}}}"))
+            .collect();
+        docs.push(format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+             spec: {{clusterIP: {ip}, clusterIPs: [{ips}], ports: [{ports}]}}\n",
+            name = scalar(&svc.name),
+            ns = scalar(&svc.namespace),
+            ip = vips.first().map_or("None", String::as_str),
+            ips = vips.join(", "),
+            ports = ports.join(", "),
+        ));
+        let endpoints: Vec<String> = svc
+            .endpoints
+            .iter()
+            .filter_map(|uid| pods.iter().find(|p| p.uid == *uid))
+            .map(|p| {
+                format!(
+                    "  - {{addresses: [{}], conditions: {{ready: true}}, targetRef: {{kind: Pod, name: {}, namespace: {}}}}}\n",
+                    p.ip,
+                    scalar(&p.name),
+                    scalar(&p.namespace)
+                )
+            })
+            .collect();
+        let slice_ports: Vec<String> = svc
+            .ports
+            .iter()
+            .map(|(port, target)| format!("{{name: p{port}, port: {target}}}"))
+            .collect();
+        docs.push(format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: {name}-v4, namespace: {ns}, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+             addressType: IPv4\nports: [{ports}]\nendpoints:{list}",
+            name = scalar(&svc.name),
+            ns = scalar(&svc.namespace),
+            ports = slice_ports.join(", "),
+            list = if endpoints.is_empty() {
+                " []\n".to_owned()
+            } else {
+                format!("\n{}", endpoints.concat())
+            },
+        ));
+    }
+    docs.join("---\n")
+}

@@ -49,14 +49,9 @@ impl Mesh {
         let Some(n) = self.nodes.get(node) else {
             bail!("mesh has no node {node}");
         };
-        let mut args: Vec<OsString> = vec![
-            "--node".into(),
-            n.name.clone().into(),
-            "--config".into(),
-            self.config_path.clone().into(),
-            "--zds-socket".into(),
-            self.zds_socket(node).into(),
-        ];
+        let mut args: Vec<OsString> = vec!["--node".into(), n.name.clone().into()];
+        args.extend(self.config_source_args(&n.name));
+        args.extend(["--zds-socket".into(), self.zds_socket(node).into()]);
         args.extend(extra);
         Ok(ProcessSpec {
             label: format!("{bin} {}", n.name),
@@ -88,7 +83,10 @@ impl Mesh {
     }
 
     pub(super) fn ztunnel_spec(&self, node: usize) -> Result<ProcessSpec> {
-        let mut extra: Vec<OsString> = vec!["--ca-dir".into(), self.ca_dir().into()];
+        let mut extra: Vec<OsString> = Vec::new();
+        if self.control_plane.is_none() {
+            extra.extend(["--ca-dir".into(), self.ca_dir().into()]);
+        }
         extra.extend(self.daemons.ztunnel_args.iter().map(OsString::from));
         self.daemon_spec(node, ZTUNNEL_BIN, extra)
     }
@@ -99,6 +97,7 @@ impl Mesh {
     /// timeout).
     pub fn start(&mut self) -> Result<()> {
         std::fs::create_dir_all(self.ca_dir()).context("create CA dir")?;
+        self.start_control_plane()?;
         for node in 0..self.nodes.len() {
             self.start_agent(node)?;
             self.wait_agent_socket(node)?;

@@ -52,6 +52,7 @@ pub struct ProcessSpec {
     pub binary: PathBuf,
     pub args: Vec<OsString>,
     pub env: Vec<(OsString, OsString)>,
+    /// Empty: the caller's own network namespace.
     pub netns: String,
     /// stdout and stderr are appended here (kept across restarts).
     pub log: PathBuf,
@@ -87,8 +88,13 @@ impl Process {
             .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(log.try_clone().context("dup log fd")?))
             .stderr(Stdio::from(log));
-        let child = spawn_in(&self.spec.netns, cmd)
-            .with_context(|| format!("start {}", self.spec.label))?;
+        // No netns: the caller's own (benchmarks on loopback).
+        let child = if self.spec.netns.is_empty() {
+            cmd.spawn().map_err(anyhow::Error::from)
+        } else {
+            spawn_in(&self.spec.netns, cmd)
+        }
+        .with_context(|| format!("start {}", self.spec.label))?;
         tracing::debug!(label = %self.spec.label, pid = child.id(), "started");
         self.child = Some(child);
         self.last_exit = None;

@@ -266,6 +266,7 @@ pub struct MeshBuilder {
     services: Vec<ServiceSpec>,
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     cni: bool,
+    control_plane: bool,
     pod_range: Option<u8>,
     daemons: DaemonSettings,
 }
@@ -285,6 +286,7 @@ impl MeshBuilder {
             services: Vec::new(),
             namespaces: BTreeMap::new(),
             cni: false,
+            control_plane: false,
             pod_range: None,
             daemons: DaemonSettings {
                 env: vec![("RUST_LOG".into(), "info".into())],
@@ -322,6 +324,15 @@ impl MeshBuilder {
     /// labels instead of each pod's protocol and netns. The mesh gets a pod
     /// range of its own (`10.<n>.<node>.0/24`), since the agent finds
     /// running pods' netns by IP among all of the machine's namespaces.
+    /// Config and certificates come from `amesh-control-plane` (folder
+    /// source, run in the fabric netns) over xDS and its CA, instead of a
+    /// shared file and CA dir. Implies [`MeshBuilder::cni`]: enrollment
+    /// follows labels, as the control plane derives it.
+    pub fn control_plane(mut self) -> Self {
+        self.control_plane = true;
+        self.cni()
+    }
+
     pub fn cni(mut self) -> Self {
         self.cni = true;
         self
@@ -417,7 +428,11 @@ impl MeshBuilder {
         let mut mesh = Mesh {
             fabric: format!("{prefix}fabric"),
             prefix,
-            config_path: dir.join("mesh.yaml"),
+            config_path: if self.control_plane {
+                dir.join(super::control_plane::CONFIG_DIR).join("mesh.yaml")
+            } else {
+                dir.join("mesh.yaml")
+            },
             dir,
             tmp: Some(tmp),
             daemon_state: nodes.iter().map(|_| NodeDaemons::default()).collect(),
@@ -429,6 +444,7 @@ impl MeshBuilder {
             apps: BTreeMap::new(),
             namespaces: self.namespaces,
             cni: self.cni,
+            control_plane: self.control_plane.then(Default::default),
             pod_range,
             daemons: self.daemons,
         };
@@ -437,6 +453,9 @@ impl MeshBuilder {
             mesh.pods.push(pod);
         }
         network::create_nodes(&mut mesh.created_netns, &mesh.fabric, &mesh.nodes)?;
+        if mesh.control_plane.is_some() {
+            mesh.prepare_control_plane()?;
+        }
         if mesh.cni {
             // Pods come after the daemons, through the CNI chain (`start`).
             mesh.write_cni_configs()?;
@@ -475,6 +494,8 @@ pub struct Mesh {
     pub(super) namespaces: BTreeMap<String, BTreeMap<String, String>>,
     /// Pods are created through the CNI chain (see [`MeshBuilder::cni`]).
     pub(super) cni: bool,
+    /// Set when the mesh runs on a control plane (its process, once started).
+    pub(super) control_plane: Option<super::control_plane::ControlPlaneState>,
     /// Second octet of the pods' addresses.
     pub(super) pod_range: u8,
 }
@@ -540,7 +561,9 @@ impl Mesh {
 
     /// The config for the current pods and services.
     pub fn render_config(&self) -> String {
-        if self.cni {
+        if self.control_plane.is_some() {
+            config::render_k8s(&self.namespaces, &self.pods, &self.services)
+        } else if self.cni {
             config::render_cni(&self.namespaces, &self.pods, &self.services)
         } else {
             config::render(&self.pods, &self.services)
