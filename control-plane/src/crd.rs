@@ -93,23 +93,25 @@ macro_rules! json_spec {
 }
 
 /// One Istio kind in one version.
+// rustfmt re-indents attributes inside macro bodies on every run.
+#[rustfmt::skip]
 macro_rules! istio_kind {
     ($spec:ident, $root:ident, $group:literal, $version:literal, $kind:literal, $plural:literal,
      $short:literal, $category:literal, $doc:literal) => {
         json_object!(
             #[derive(kube::CustomResource)]
             #[kube(
-                        group = $group,
-                        version = $version,
-                        kind = $kind,
-                        plural = $plural,
-                        shortname = $short,
-                        category = "istio-io",
-                        category = $category,
-                        namespaced,
-                        status = "crate::crd::Status",
-                        doc = $doc
-                    )]
+                group = $group,
+                version = $version,
+                kind = $kind,
+                plural = $plural,
+                shortname = $short,
+                category = "istio-io",
+                category = $category,
+                namespaced,
+                status = "crate::crd::Status",
+                doc = $doc
+            )]
             $spec
         );
         json_spec!($root);

@@ -81,7 +81,11 @@ async fn until_reaches(mesh: &Mesh, want: bool) -> Duration {
     }
     panic!(
         "client {} the server within {POLICY_DEADLINE:?} of the edit\n--- control plane ---\n{}\n--- node-1 ---\n{}",
-        if want { "did not reach" } else { "still reached" },
+        if want {
+            "did not reach"
+        } else {
+            "still reached"
+        },
         mesh.control_plane_log(),
         mesh.daemon_logs(1)
     );
@@ -104,9 +108,11 @@ async fn folder_edits_are_enforced_by_ztunnel_within_a_second() {
     let mesh = mesh();
     assert!(reaches(&mesh).await, "mesh traffic before any policy");
     // Both ztunnels hold certificates the control plane's CA issued.
-    poll_until(Duration::from_secs(10), "certificates issued by the control plane", || {
-        Ok(metric(&mesh, "citadel_server_success_cert_issuance_count") >= 2.0)
-    })
+    poll_until(
+        Duration::from_secs(10),
+        "certificates issued by the control plane",
+        || Ok(metric(&mesh, "citadel_server_success_cert_issuance_count") >= 2.0),
+    )
     .unwrap();
 
     let config = mesh.render_config();

@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use amesh_core::config::ConfigSnapshot;
 use amesh_core::config::enrollment::Enrollment;
-use amesh_core::xds::convert::{AuthorizationOutput, address_resources};
+use amesh_core::config::{Service, ServicePort, Workload};
+use amesh_core::xds::convert::{AuthorizationOutput, ServiceIndex, service_to_proto};
 use amesh_core::xds::proto::amesh::{NamespaceEnrollment, PodEnrollment, WaypointConfig};
 use amesh_core::xds::proto::istio::security::Authorization;
-use amesh_core::xds::proto::istio::workload::Address;
+use amesh_core::xds::proto::istio::workload::{Address, address};
 use amesh_core::xds::{
     ADDRESS_TYPE, AUTHORIZATION_TYPE, NAMESPACE_ENROLLMENT_TYPE, POD_ENROLLMENT_TYPE,
     WAYPOINT_CONFIG_TYPE,
@@ -67,19 +68,78 @@ impl<M: Message + PartialEq> MessageCache<M> {
 }
 
 /// The caches of every type the derivation encodes.
+/// Encoded resources by the inputs they are a pure function of: a
+/// workload (with its bound policies) plus `K` (its services, or its
+/// enrollment). Comparing inputs is much cheaper than building and
+/// comparing the 10,000 messages of a large cluster on every change; only
+/// changed workloads are converted and encoded again.
+#[derive(Debug)]
+pub struct WorkloadCache<K> {
+    last: HashMap<String, (Workload, K, Arc<XdsResource>)>,
+    next: HashMap<String, (Workload, K, Arc<XdsResource>)>,
+}
+
+impl<K> Default for WorkloadCache<K> {
+    fn default() -> Self {
+        Self {
+            last: HashMap::new(),
+            next: HashMap::new(),
+        }
+    }
+}
+
+impl<K> WorkloadCache<K> {
+    /// The cached resource when `w` and `same(key)` hold, else `build()`'s.
+    fn resource(
+        &mut self,
+        w: &Workload,
+        same: impl FnOnce(&K) -> bool,
+        build: impl FnOnce() -> (K, XdsResource),
+    ) -> Arc<XdsResource> {
+        if let Some(entry) = self.last.remove(&w.uid)
+            && entry.0 == *w
+            && same(&entry.1)
+        {
+            let resource = entry.2.clone();
+            self.next.insert(w.uid.clone(), entry);
+            return resource;
+        }
+        let (key, resource) = build();
+        let resource = Arc::new(resource);
+        self.next
+            .insert(w.uid.clone(), (w.clone(), key, resource.clone()));
+        resource
+    }
+
+    fn end_round(&mut self) {
+        self.last = std::mem::take(&mut self.next);
+    }
+}
+
+/// A service as a workload's Address shows it (`namespace/hostname` and
+/// ports), to tell whether a cached Address is still right.
+type ServiceKey = Vec<(String, String, Vec<ServicePort>)>;
+
+fn same_services(key: &ServiceKey, services: &[&Service]) -> bool {
+    key.len() == services.len()
+        && key.iter().zip(services).all(|((ns, host, ports), s)| {
+            *ns == s.namespace && *host == s.hostname && *ports == s.ports
+        })
+}
+
 #[derive(Debug)]
 pub struct EncodeCaches {
-    pub addresses: MessageCache<Address>,
+    pub addresses: WorkloadCache<ServiceKey>,
     pub authorizations: MessageCache<Authorization>,
-    pub pods: MessageCache<PodEnrollment>,
+    pub pods: WorkloadCache<Enrollment>,
 }
 
 impl Default for EncodeCaches {
     fn default() -> Self {
         Self {
-            addresses: MessageCache::new(ADDRESS_TYPE),
+            addresses: WorkloadCache::default(),
             authorizations: MessageCache::new(AUTHORIZATION_TYPE),
-            pods: MessageCache::new(POD_ENROLLMENT_TYPE),
+            pods: WorkloadCache::default(),
         }
     }
 }
@@ -94,9 +154,17 @@ impl EncodeCaches {
 
 /// What node agents need of one pod: whether to capture it, and why not.
 pub fn pod_enrollment(
-    cache: &mut MessageCache<PodEnrollment>,
+    cache: &mut WorkloadCache<Enrollment>,
     pod: &PodWorkload,
 ) -> Arc<XdsResource> {
+    cache.resource(
+        &pod.workload,
+        |enrollment| *enrollment == pod.enrollment,
+        || (pod.enrollment, encode_pod_enrollment(pod)),
+    )
+}
+
+fn encode_pod_enrollment(pod: &PodWorkload) -> XdsResource {
     let w = &pod.workload;
     let reason = match pod.enrollment {
         Enrollment::Ambient => String::new(),
@@ -119,7 +187,7 @@ pub fn pod_enrollment(
             .collect(),
         service_account: w.service_account.clone(),
     };
-    cache.resource(w.uid.clone(), message, Some(&w.node))
+    XdsResource::new(POD_ENROLLMENT_TYPE, w.uid.as_str(), &message).for_node(w.node.as_str())
 }
 
 pub fn namespace_enrollments(model: &ConfigSnapshot) -> Vec<XdsResource> {
@@ -165,8 +233,38 @@ pub fn resource_set(
             of_type.insert(resource.name.clone(), resource);
         }
     };
-    for (name, address) in address_resources(model) {
-        add(ADDRESS_TYPE, caches.addresses.resource(name, address, None));
+    let index = ServiceIndex::new(model);
+    for w in model.workloads() {
+        let services = index.services_of(&w.uid);
+        let resource = caches.addresses.resource(
+            w,
+            |key| same_services(key, services),
+            || {
+                let key = services
+                    .iter()
+                    .map(|s| (s.namespace.clone(), s.hostname.clone(), s.ports.clone()))
+                    .collect();
+                let address = Address {
+                    r#type: Some(address::Type::Workload(index.workload_to_proto(w))),
+                };
+                (
+                    key,
+                    XdsResource::new(ADDRESS_TYPE, w.uid.as_str(), &address),
+                )
+            },
+        );
+        add(ADDRESS_TYPE, resource);
+    }
+    for entry in model.services() {
+        let s = &entry.service;
+        let address = Address {
+            r#type: Some(address::Type::Service(service_to_proto(s))),
+        };
+        let name = format!("{}/{}", s.namespace, s.hostname);
+        add(
+            ADDRESS_TYPE,
+            Arc::new(XdsResource::new(ADDRESS_TYPE, name, &address)),
+        );
     }
     for (name, authorization) in authorizations.resources {
         let resource = caches.authorizations.resource(name, authorization, None);

@@ -122,7 +122,6 @@ impl Deriver {
             l7::waypoint_configs(&waypoints, &bound, &valid_l7, settings, &mut reports);
         self.policy_cache.end_round();
         self.l7_cache.end_round();
-
         let mut authorizations =
             authorization_resources(&policies, pods.iter().map(|p| &p.workload));
         for pod in &mut pods {
@@ -149,7 +148,6 @@ impl Deriver {
             authorizations,
             waypoint_configs,
         );
-
         tracing::debug!(
             generation = snapshot.generation,
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,

@@ -78,8 +78,8 @@ pub fn run(scale: Scale) -> Result<Report> {
         .enable_all()
         .build()?;
     let result = runtime.block_on(measure(dir.path(), &config, grpc, size, scale, &mut cp));
-    if result.is_err() {
-        eprintln!("--- control plane log ---\n{}", cp.log_tail(40));
+    if result.is_err() || std::env::var_os("MESHBENCH_CP_LOG").is_some() {
+        eprintln!("--- control plane log ---\n{}", cp.log_tail(60));
     }
     result
 }
@@ -93,6 +93,8 @@ async fn measure(
     cp: &mut Process,
 ) -> Result<Report> {
     let expected = size.pods + size.services;
+    // The store and one derivation, before any subscriber.
+    let idle_memory = vm_rss_mib(cp.pid().context("control plane not running")?)?;
     let cancel = CancellationToken::new();
     let (tx, mut rx) = mpsc::unbounded_channel();
     for node in 0..size.subscribers {
@@ -146,8 +148,15 @@ async fn measure(
         scenario: "controlplane".into(),
         figures: vec![
             Figure::new("pods", "pods", size.pods as f64, None, true),
-            Figure::new("subscribers", "subscribers", size.subscribers as f64, None, true),
+            Figure::new(
+                "subscribers",
+                "subscribers",
+                size.subscribers as f64,
+                None,
+                true,
+            ),
             Figure::new("memory_mib", "MiB", memory, None, false),
+            Figure::new("memory_mib_no_subscribers", "MiB", idle_memory, None, false),
             Figure::new("full_push_ms", "ms", median(full), None, false),
             Figure::new("delta_push_ms", "ms", median(delta.clone()), None, false),
             Figure::new(
@@ -277,14 +286,22 @@ fn start_control_plane(dir: &Path, config: &Path, grpc: u16, nodes: usize) -> Re
         label: CONTROL_PLANE_BIN.into(),
         binary: binary(CONTROL_PLANE_BIN)?,
         args,
-        env: vec![("RUST_LOG".into(), "warn".into())],
+        // MESHBENCH_CP_LOG=debug shows each derivation's time (printed at the end).
+        env: vec![(
+            "RUST_LOG".into(),
+            std::env::var("MESHBENCH_CP_LOG")
+                .unwrap_or_else(|_| "warn".into())
+                .into(),
+        )],
         netns: String::new(),
         log: dir.join("control-plane.log"),
     })?;
     let root = tokens.join("root-cert.pem");
-    poll_until(Duration::from_secs(60), "the control plane to start", || {
-        Ok(root.exists() && TcpListener::bind(("127.0.0.1", grpc)).is_err())
-    })?;
+    poll_until(
+        Duration::from_secs(60),
+        "the control plane to start",
+        || Ok(root.exists() && TcpListener::bind(("127.0.0.1", grpc)).is_err()),
+    )?;
     Ok(process)
 }
 

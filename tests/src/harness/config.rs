@@ -148,87 +148,6 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))
 }
 
-#[cfg(test)]
-mod tests {
-    use std::net::Ipv4Addr;
-
-    use super::*;
-
-    #[test]
-    fn scalars_quote_only_when_needed() {
-        assert_eq!(scalar("default/client"), "default/client");
-        assert_eq!(scalar("amt12x0-client"), "amt12x0-client");
-        assert_eq!(
-            scalar("echo.default.svc.cluster.local"),
-            "echo.default.svc.cluster.local"
-        );
-        assert_eq!(scalar("true"), "\"true\"");
-        assert_eq!(scalar("123"), "\"123\"");
-        assert_eq!(scalar("1.5"), "\"1.5\"");
-        assert_eq!(scalar("a b"), "\"a b\"");
-        assert_eq!(scalar(""), "\"\"");
-        assert_eq!(scalar("x: {y}"), "\"x: {y}\"");
-    }
-
-    #[test]
-    fn renders_the_documented_format() {
-        let pod = Pod {
-            name: "client".into(),
-            namespace: "default".into(),
-            uid: "default/client".into(),
-            service_account: "client".into(),
-            labels: [("app".to_string(), "client".to_string())].into(),
-            node: 0,
-            node_name: "node-0".into(),
-            ip: Ipv4Addr::new(10, 244, 0, 2),
-            netns: "amt123x0-client".into(),
-            mesh: true,
-            follows_namespace: false,
-            index: 0,
-        };
-        let svc = Service {
-            name: "echo".into(),
-            namespace: "default".into(),
-            hostname: "echo.default.svc.cluster.local".into(),
-            vips: vec![Ipv4Addr::new(10, 96, 0, 10)],
-            ports: vec![(80, 8080)],
-            endpoints: vec!["default/echo-0".into(), "default/echo-1".into()],
-        };
-        let expected = "\
-workloads:
-  - uid: default/client
-    name: client
-    namespace: default
-    serviceAccount: client
-    node: node-0
-    ips: [10.244.0.2, fd00:10:244::2]
-    labels: {app: client}
-    protocol: HBONE
-    netns: amt123x0-client
-services:
-  - name: echo
-    namespace: default
-    hostname: echo.default.svc.cluster.local
-    vips: [10.96.0.10]
-    ports: [{port: 80, targetPort: 8080}]
-    endpoints: [default/echo-0, default/echo-1]
-";
-        assert_eq!(render(&[pod], &[svc]), expected);
-        assert_eq!(render(&[], &[]), "workloads: []\nservices: []\n");
-    }
-
-    #[test]
-    fn atomic_write_replaces_whole_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("mesh.yaml");
-        write_atomic(&path, "a: 1\n").unwrap();
-        write_atomic(&path, "b: 2\n").unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "b: 2\n");
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-        assert_eq!(names.len(), 1, "no temp files left behind");
-    }
-}
-
 /// Renders a control-plane mesh's folder: the same cluster as Kubernetes
 /// objects (Namespaces, Pods with their node and addresses, Services with
 /// an EndpointSlice each), as users' YAML reaches `amesh-control-plane`.
@@ -318,4 +237,85 @@ pub fn render_k8s(
         ));
     }
     docs.join("---\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    #[test]
+    fn scalars_quote_only_when_needed() {
+        assert_eq!(scalar("default/client"), "default/client");
+        assert_eq!(scalar("amt12x0-client"), "amt12x0-client");
+        assert_eq!(
+            scalar("echo.default.svc.cluster.local"),
+            "echo.default.svc.cluster.local"
+        );
+        assert_eq!(scalar("true"), "\"true\"");
+        assert_eq!(scalar("123"), "\"123\"");
+        assert_eq!(scalar("1.5"), "\"1.5\"");
+        assert_eq!(scalar("a b"), "\"a b\"");
+        assert_eq!(scalar(""), "\"\"");
+        assert_eq!(scalar("x: {y}"), "\"x: {y}\"");
+    }
+
+    #[test]
+    fn renders_the_documented_format() {
+        let pod = Pod {
+            name: "client".into(),
+            namespace: "default".into(),
+            uid: "default/client".into(),
+            service_account: "client".into(),
+            labels: [("app".to_string(), "client".to_string())].into(),
+            node: 0,
+            node_name: "node-0".into(),
+            ip: Ipv4Addr::new(10, 244, 0, 2),
+            netns: "amt123x0-client".into(),
+            mesh: true,
+            follows_namespace: false,
+            index: 0,
+        };
+        let svc = Service {
+            name: "echo".into(),
+            namespace: "default".into(),
+            hostname: "echo.default.svc.cluster.local".into(),
+            vips: vec![Ipv4Addr::new(10, 96, 0, 10)],
+            ports: vec![(80, 8080)],
+            endpoints: vec!["default/echo-0".into(), "default/echo-1".into()],
+        };
+        let expected = "\
+workloads:
+  - uid: default/client
+    name: client
+    namespace: default
+    serviceAccount: client
+    node: node-0
+    ips: [10.244.0.2, fd00:10:244::2]
+    labels: {app: client}
+    protocol: HBONE
+    netns: amt123x0-client
+services:
+  - name: echo
+    namespace: default
+    hostname: echo.default.svc.cluster.local
+    vips: [10.96.0.10]
+    ports: [{port: 80, targetPort: 8080}]
+    endpoints: [default/echo-0, default/echo-1]
+";
+        assert_eq!(render(&[pod], &[svc]), expected);
+        assert_eq!(render(&[], &[]), "workloads: []\nservices: []\n");
+    }
+
+    #[test]
+    fn atomic_write_replaces_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mesh.yaml");
+        write_atomic(&path, "a: 1\n").unwrap();
+        write_atomic(&path, "b: 2\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "b: 2\n");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temp files left behind");
+    }
 }

@@ -53,7 +53,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 
 enum Reply {
     Json(StatusCode, Value),
-    Watch(WatchRequest, watch::Start, Signals),
+    Watch(Box<(WatchRequest, watch::Start, Signals)>),
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
@@ -95,7 +95,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     };
     Ok(match reply {
         Ok(Reply::Json(code, value)) => json_response(code, &value),
-        Ok(Reply::Watch(request, start, signals)) => {
+        Ok(Reply::Watch(watch)) => {
+            let (request, start, signals) = *watch;
             let (tx, rx) = mpsc::channel(64);
             tokio::spawn(watch::run(shared.clone(), request, start, signals, tx));
             let frames = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -218,7 +219,7 @@ fn route(
                 bookmarks: shared.bookmarks.subscribe(),
                 shutdown: shared.shutdown.subscribe(),
             };
-            Ok(Reply::Watch(request, start, signals))
+            Ok(Reply::Watch(Box::new((request, start, signals))))
         }
         (&Method::GET, None) => ok(list(state, &kind, &rp, query)?),
         (&Method::GET, Some(name)) => {
