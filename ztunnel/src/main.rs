@@ -9,7 +9,6 @@ mod admin;
 mod authz;
 mod busy_poll;
 mod config_changes;
-mod config_source;
 mod inbound;
 mod live;
 mod logging;
@@ -36,7 +35,12 @@ use amesh_core::admin::Readiness;
 use amesh_core::certs::{
     CertStore, CertStoreConfig, CertificateAuthority, LocalCa, RemoteCa, RemoteCaConfig,
 };
+use amesh_core::config::{ConfigSnapshot, WatchConfig};
 use amesh_core::metrics::Metrics;
+use amesh_core::xds::client::ClientConfig;
+use amesh_core::xds::convert::ClientOptions;
+use amesh_core::xds::source::ConfigSource;
+use amesh_core::xds::{ADDRESS_TYPE, AUTHORIZATION_TYPE};
 use anyhow::Context;
 use clap::{ArgGroup, Parser};
 use tokio::sync::watch;
@@ -197,7 +201,9 @@ async fn run(
     // Pods are taken from the node agent only once there is a config to
     // serve them with: an empty one would refuse all their traffic.
     tokio::select! {
-        loaded = source.loaded() => loaded?,
+        loaded = source.loaded() => {
+            loaded.with_context(|| format!("configuration from {}", source.describe()))?;
+        }
         _ = shutdown_signal() => {
             servers_cancel.cancel();
             return Ok(());
@@ -232,26 +238,48 @@ async fn run(
 }
 
 /// The config file, or the control plane when --xds-address is given
-/// (clap makes them exclusive and requires one).
-fn config_source(args: &Args, metrics: &Metrics) -> anyhow::Result<config_source::ConfigSource> {
+/// (clap makes them exclusive and requires one). Every reload or push
+/// counts in the reload metric, applied or refused (NACKed).
+fn config_source(args: &Args, metrics: &Metrics) -> anyhow::Result<ConfigSource> {
     match (&args.config, &args.xds_address) {
-        (Some(path), None) => config_source::ConfigSource::file(
-            path.clone(),
-            &args.trust_domain,
-            &args.root_namespace,
-            metrics,
-        ),
-        (None, Some(address)) => config_source::ConfigSource::xds(
-            config_source::XdsSettings {
-                address: address.clone(),
-                node: args.node.clone(),
-                token_file: args.token_file.clone(),
-                root_cert: args.xds_root_cert.clone(),
+        (Some(path), None) => {
+            let watch_config = WatchConfig::new(path, &args.trust_domain)
+                .root_namespace(&args.root_namespace)
+                .on_reload({
+                    let metrics = metrics.clone();
+                    move |applied| metrics.config_reload(applied)
+                });
+            ConfigSource::file(watch_config).map_err(|err| anyhow::anyhow!("invalid config: {err}"))
+        }
+        (None, Some(address)) => {
+            let mut client = ClientConfig::new(
+                address,
+                &args.node,
+                "ztunnel",
+                vec![ADDRESS_TYPE, AUTHORIZATION_TYPE],
+            );
+            client.token_file = args.token_file.clone();
+            client.root_cert = args.xds_root_cert.clone();
+            let options = ClientOptions {
                 trust_domain: args.trust_domain.clone(),
                 root_namespace: args.root_namespace.clone(),
-            },
-            metrics,
-        ),
+            };
+            let metrics = metrics.clone();
+            let on_push = Box::new(move |snapshot: &Result<ConfigSnapshot, String>| {
+                metrics.config_reload(snapshot.is_ok());
+                // The same lines as a file reload, for operators and tests.
+                match snapshot {
+                    Ok(s) => info!(
+                        workloads = s.workloads().count(),
+                        services = s.services().count(),
+                        policies = s.policies().len(),
+                        "config applied"
+                    ),
+                    Err(error) => warn!(%error, "config refused: the push was NACKed"),
+                }
+            });
+            ConfigSource::xds(client, options, on_push).context("--xds-address / --xds-root-cert")
+        }
         _ => anyhow::bail!("exactly one of --config and --xds-address is required"),
     }
 }

@@ -13,8 +13,6 @@
 //! `amesh-node-agent uninstall ...` removes everything explicitly.
 
 // A crate root: its modules live beside it, so name the directory.
-#[path = "node_agent/config_source.rs"]
-mod config_source;
 
 use std::io::IsTerminal;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -35,7 +33,11 @@ use amesh_cni::enroll::{EnrollConfig, Enroller, read_record};
 use amesh_cni::node_netns::NetnsScanner;
 use amesh_cni::uninstall::{Targets, uninstall};
 use amesh_cni::zds_server::{ZdsRegistry, ZdsServer};
-use amesh_core::config::load_file;
+use amesh_core::config::{WatchConfig, load_file};
+use amesh_core::xds::client::ClientConfig;
+use amesh_core::xds::convert::ClientOptions;
+use amesh_core::xds::source::ConfigSource;
+use amesh_core::xds::{NAMESPACE_ENROLLMENT_TYPE, POD_ENROLLMENT_TYPE};
 use amesh_core::zds::ZdsListener;
 use anyhow::Context;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
@@ -43,8 +45,6 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
-
-use config_source::{ConfigSource, XdsSettings};
 
 /// Bound on every ZDS wait (hello, each message, each ack).
 const ZDS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -246,14 +246,25 @@ async fn run_agent(args: RunArgs) -> anyhow::Result<()> {
     };
     let capture = select_backend(args.capture, &capture_config, &ebpf_settings)?;
     let source = match (args.config, args.xds_address) {
-        (Some(path), None) => ConfigSource::file(path, &args.trust_domain)?,
-        (None, Some(address)) => ConfigSource::xds(XdsSettings {
-            address,
-            node: node.clone(),
-            token_file: args.token_file,
-            root_cert: args.xds_root_cert,
-            trust_domain: args.trust_domain.clone(),
-        })?,
+        (Some(path), None) => ConfigSource::file(WatchConfig::new(&path, &args.trust_domain))
+            .with_context(|| format!("loading {}", path.display()))?,
+        (None, Some(address)) => {
+            // Pod and namespace enrollment decisions.
+            let mut client = ClientConfig::new(
+                &address,
+                &node,
+                "node-agent",
+                vec![POD_ENROLLMENT_TYPE, NAMESPACE_ENROLLMENT_TYPE],
+            );
+            client.token_file = args.token_file;
+            client.root_cert = args.xds_root_cert;
+            let options = ClientOptions {
+                trust_domain: args.trust_domain.clone(),
+                ..ClientOptions::default()
+            };
+            ConfigSource::xds(client, options, Box::new(|_| {}))
+                .context("--xds-address / --xds-root-cert")?
+        }
         _ => anyhow::bail!("exactly one of --config and --xds-address is required"),
     };
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -261,7 +272,9 @@ async fn run_agent(args: RunArgs) -> anyhow::Result<()> {
     // Until the control plane's first push the CNI plugin decides from the
     // node state file, as when the agent is down.
     tokio::select! {
-        loaded = source.loaded() => loaded?,
+        loaded = source.loaded() => {
+            loaded.with_context(|| format!("enrollment from {}", source.describe()))?;
+        }
         _ = sigterm.recv() => return Ok(()),
         _ = sigint.recv() => return Ok(()),
     }

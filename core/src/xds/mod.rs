@@ -3,6 +3,7 @@
 pub mod client;
 pub mod convert;
 pub mod proto;
+pub mod source;
 
 /// Istio's workload API: workloads and services.
 pub const ADDRESS_TYPE: &str = "type.googleapis.com/istio.workload.Address";
