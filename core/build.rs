@@ -18,6 +18,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let files = protox::compile(PROTOS, [root])?;
     tonic_prost_build::configure()
+        // Ordered maps encode the same message to the same bytes every
+        // time, so content-hash versions do not change at random.
+        .btree_map(".")
         .build_client(true)
         .build_server(true)
         .compile_fds(files)?;

@@ -112,7 +112,7 @@ pub fn config_dump(store: &Store, derived: &Derived) -> Value {
         .iter()
         .map(|(t, r)| (*t, r.len()))
         .collect();
-    let model = &derived.model;
+    let model = derived.model();
     json!({
         "store": {
             "generation": snapshot.generation,

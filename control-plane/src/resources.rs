@@ -39,10 +39,15 @@ impl XdsResource {
     }
 }
 
+/// One type's resources by name. A persistent map: each derivation starts
+/// from the last one's and changes what changed, and the server diffs two
+/// derivations by walking only the parts that differ.
+pub type Resources = imbl::OrdMap<String, Arc<XdsResource>>;
+
 /// Resources by type URL, then by name.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ResourceSet {
-    pub by_type: BTreeMap<&'static str, BTreeMap<String, Arc<XdsResource>>>,
+    pub by_type: BTreeMap<&'static str, Resources>,
 }
 
 impl ResourceSet {
@@ -53,12 +58,12 @@ impl ResourceSet {
             .insert(resource.name.clone(), Arc::new(resource));
     }
 
-    pub fn of_type(&self, type_url: &str) -> Option<&BTreeMap<String, Arc<XdsResource>>> {
+    pub fn of_type(&self, type_url: &str) -> Option<&Resources> {
         self.by_type.get(type_url)
     }
 
     pub fn len(&self) -> usize {
-        self.by_type.values().map(BTreeMap::len).sum()
+        self.by_type.values().map(Resources::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {

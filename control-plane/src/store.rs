@@ -130,6 +130,21 @@ pub enum Object {
     Custom(Arc<CustomObject>),
 }
 
+/// The same object: the same allocation. Sources put a new `Arc` for every
+/// update, so this is "unchanged since", without comparing contents.
+impl PartialEq for Object {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Object::Namespace(a), Object::Namespace(b)) => Arc::ptr_eq(a, b),
+            (Object::Pod(a), Object::Pod(b)) => Arc::ptr_eq(a, b),
+            (Object::Service(a), Object::Service(b)) => Arc::ptr_eq(a, b),
+            (Object::EndpointSlice(a), Object::EndpointSlice(b)) => Arc::ptr_eq(a, b),
+            (Object::Custom(a), Object::Custom(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
 /// Namespace is empty for cluster-scoped kinds.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct ObjectKey {
@@ -196,10 +211,15 @@ impl fmt::Display for Report {
     }
 }
 
+/// The objects, in (kind, namespace, name) order. A persistent map: a
+/// snapshot is a pointer copy, and two snapshots' difference costs what
+/// changed, not what they hold.
+pub type Objects = imbl::OrdMap<ObjectKey, Object>;
+
 /// One consistent view of the store. Cloning shares the objects.
 #[derive(Clone, Debug, Default)]
 pub struct StoreSnapshot {
-    pub objects: BTreeMap<ObjectKey, Object>,
+    pub objects: Objects,
     /// By source name (e.g. `folder`, `kubernetes`).
     pub reports: BTreeMap<String, Vec<Report>>,
     /// Bumped on every change.
@@ -213,6 +233,18 @@ impl StoreSnapshot {
         self.objects
             .range(start..)
             .take_while(move |(k, _)| k.kind == kind)
+    }
+
+    /// Objects of one kind in one namespace, in name order.
+    pub fn in_namespace<'a>(
+        &'a self,
+        kind: Kind,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = (&'a ObjectKey, &'a Object)> {
+        let start = ObjectKey::new(kind, namespace, "");
+        self.objects
+            .range(start..)
+            .take_while(move |(k, _)| k.kind == kind && k.namespace == namespace)
     }
 
     pub fn get(&self, key: &ObjectKey) -> Option<&Object> {
@@ -268,21 +300,29 @@ impl Store {
     /// `objects` are removed.
     pub fn replace_kind(&self, kind: Kind, objects: Vec<(ObjectKey, Object)>) {
         self.write(|s| {
-            s.objects.retain(|k, _| k.kind != kind);
-            s.objects.extend(objects);
+            let fresh: std::collections::HashSet<&ObjectKey> =
+                objects.iter().map(|(k, _)| k).collect();
+            let gone: Vec<ObjectKey> = s
+                .of_kind(kind)
+                .map(|(k, _)| k)
+                .filter(|k| !fresh.contains(k))
+                .cloned()
+                .collect();
+            for key in gone {
+                s.objects.remove(&key);
+            }
+            upsert(&mut s.objects, objects);
         });
     }
 
-    /// Replaces every object the closure selects, in one generation (the
-    /// folder source replacing one file's objects).
-    pub fn replace_where(
-        &self,
-        mut remove: impl FnMut(&ObjectKey, &Object) -> bool,
-        objects: Vec<(ObjectKey, Object)>,
-    ) {
+    /// Removes `removed` and adds or replaces `objects`, in one generation
+    /// (the folder source applying one edit).
+    pub fn apply_batch(&self, removed: Vec<ObjectKey>, objects: Vec<(ObjectKey, Object)>) {
         self.write(|s| {
-            s.objects.retain(|k, o| !remove(k, o));
-            s.objects.extend(objects);
+            for key in &removed {
+                s.objects.remove(key);
+            }
+            upsert(&mut s.objects, objects);
         });
     }
 
@@ -305,6 +345,34 @@ impl Store {
             state.generation
         };
         self.changed.send_replace(generation);
+    }
+}
+
+impl Object {
+    /// Equal contents, whether or not the same allocation.
+    pub fn same_content(&self, other: &Object) -> bool {
+        match (self, other) {
+            (Object::Namespace(a), Object::Namespace(b)) => a == b,
+            (Object::Pod(a), Object::Pod(b)) => a == b,
+            (Object::Service(a), Object::Service(b)) => a == b,
+            (Object::EndpointSlice(a), Object::EndpointSlice(b)) => a == b,
+            (Object::Custom(a), Object::Custom(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// Inserts what is not already there: an object equal to the stored one
+/// (the same, or a file's other documents parsed again) is left as it is,
+/// so that [`imbl::OrdMap::diff`] and the derivation see only what changed.
+fn upsert(objects: &mut Objects, new: Vec<(ObjectKey, Object)>) {
+    for (key, object) in new {
+        let unchanged = objects
+            .get(&key)
+            .is_some_and(|old| *old == object || old.same_content(&object));
+        if !unchanged {
+            objects.insert(key, object);
+        }
     }
 }
 

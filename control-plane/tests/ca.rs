@@ -79,11 +79,7 @@ async fn start(ca_files: &[(&str, String)]) -> Plane {
         trust_domain: None,
     };
     let model = amesh_core::config::parse(MODEL, Path::new("model.yaml"), "cluster.local").unwrap();
-    let derived = Arc::new(Derived {
-        generation: 1,
-        model: Arc::new(model),
-        ..Default::default()
-    });
+    let derived = Arc::new(Derived::with_model(1, Default::default(), model));
     let (tx, rx) = watch::channel(derived);
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = GrpcMetrics::register(&mut registry);

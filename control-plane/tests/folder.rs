@@ -220,7 +220,7 @@ fn load(files: &[(&str, &str)]) -> (tempfile::TempDir, Arc<Store>, Derived) {
 }
 
 fn workload<'a>(d: &'a Derived, uid: &str) -> &'a Workload {
-    d.model
+    d.model()
         .workload_by_uid(uid)
         .unwrap_or_else(|| panic!("no workload {uid}"))
 }
@@ -257,7 +257,7 @@ fn enrollment_identity_and_health_follow_istio_rules() {
     assert_eq!(workload(&d, "legacy/old").protocol, Protocol::Tcp);
     assert_eq!(workload(&d, "legacy/opted-in").protocol, Protocol::Hbone);
     assert!(
-        d.model.workload_by_uid("legacy/done").is_none(),
+        d.model().workload_by_uid("legacy/done").is_none(),
         "finished pods are gone"
     );
     assert!(!workload(&d, "wpns/app").is_healthy(), "Ready=False");
@@ -284,7 +284,7 @@ fn enrollment_identity_and_health_follow_istio_rules() {
 fn endpoints_come_from_slices_else_selectors() {
     let (_dir, _store, d) = load(&[("mesh.yaml", MESH), ("services.yaml", SERVICES)]);
     let service = |name: &str| {
-        d.model
+        d.model()
             .services()
             .find(|s| s.service.name == name)
             .unwrap_or_else(|| panic!("no service {name}"))
@@ -312,7 +312,7 @@ fn waypoints_bind_by_service_pod_and_namespace_labels() {
     let (_dir, _store, d) = load(&[("mesh.yaml", MESH), ("services.yaml", SERVICES)]);
     let wp = |ip: &str| Some(format!("{ip}:15008"));
     let reviews = d
-        .model
+        .model()
         .services()
         .find(|s| s.service.name == "reviews")
         .unwrap();
@@ -402,7 +402,7 @@ spec: {action: DENY, rules: [{from: [{source: {namespaces: [sandbox]}}]}]}
     assert!(typo[0].origin.ends_with("policy.yaml (document 0)"));
     assert_eq!(typo[0].field, "spec.rules[0].from[0].source");
     assert!(typo[0].message.contains("`principal`"), "{}", typo[0]);
-    assert_eq!(d.model.policies().len(), 1);
+    assert_eq!(d.model().policies().len(), 1);
 }
 
 #[test]
@@ -456,7 +456,7 @@ async fn edits_apply_while_running() {
     assert!(
         derived
             .borrow()
-            .model
+            .model()
             .workload_by_uid("prod/client")
             .is_some()
     );
@@ -467,7 +467,7 @@ async fn edits_apply_while_running() {
     poll(Duration::from_secs(10), "the new file's pod", || {
         derived
             .borrow()
-            .model
+            .model()
             .workload_by_uid("prod/late")
             .is_some()
     })
@@ -477,7 +477,7 @@ async fn edits_apply_while_running() {
     poll(Duration::from_secs(10), "the edited pod", || {
         derived
             .borrow()
-            .model
+            .model()
             .workload_by_uid("prod/late")
             .is_some_and(|w| w.ips == ["10.0.0.31".parse::<IpAddr>().unwrap()])
     })
@@ -500,7 +500,7 @@ async fn edits_apply_while_running() {
     assert!(
         derived
             .borrow()
-            .model
+            .model()
             .workload_by_uid("prod/late")
             .is_some()
     );
@@ -510,7 +510,7 @@ async fn edits_apply_while_running() {
         "the removed file's pod to go",
         || {
             let d = derived.borrow();
-            d.model.workload_by_uid("prod/late").is_none()
+            d.model().workload_by_uid("prod/late").is_none()
                 && !d.reports.iter().any(|r| r.origin.contains("renamed.yml"))
         },
     )
@@ -576,7 +576,7 @@ fn derive_at_scale() {
     let started = Instant::now();
     let again = deriver.derive(&snapshot);
     let warm = started.elapsed();
-    assert_eq!(first.model.workloads().count(), namespaces * pods);
+    assert_eq!(first.model().workloads().count(), namespaces * pods);
     assert_eq!(first.resources, again.resources);
     assert!(first.reports.is_empty(), "{:#?}", &first.reports[..3]);
     eprintln!(

@@ -41,11 +41,11 @@ fn derived(generation: u64, specs: &[Spec<'_>]) -> Arc<Derived> {
         }
         resources.insert(type_url, resource);
     }
-    Arc::new(Derived {
+    Arc::new(Derived::with_model(
         generation,
         resources,
-        ..Default::default()
-    })
+        Default::default(),
+    ))
 }
 
 struct Plane {
@@ -166,7 +166,7 @@ impl Client {
                 ..Default::default()
             }),
             type_url: type_url.to_owned(),
-            initial_resource_versions: initial,
+            initial_resource_versions: initial.into_iter().collect(),
             ..Default::default()
         })
         .await;
@@ -209,6 +209,39 @@ impl Client {
     async fn recv(&mut self) -> DeltaDiscoveryResponse {
         self.next().await.unwrap()
     }
+
+    /// One change, received in as many parts as it comes in (each part but
+    /// the last ACKed, as the server waits for that before the next).
+    async fn recv_whole(&mut self) -> Vec<DeltaDiscoveryResponse> {
+        let mut parts = Vec::new();
+        for _ in 0..10_000 {
+            let part = self.recv().await;
+            let more = is_partial(&part);
+            if more {
+                self.ack(&part).await;
+            }
+            parts.push(part);
+            if !more {
+                return parts;
+            }
+        }
+        panic!("a change in more than 10,000 parts");
+    }
+}
+
+fn is_partial(response: &DeltaDiscoveryResponse) -> bool {
+    response
+        .system_version_info
+        .ends_with(amesh_core::xds::MORE_FOLLOWS_SUFFIX)
+}
+
+/// Encoded size of `response`'s resources, as the server budgets them.
+fn resource_bytes(response: &DeltaDiscoveryResponse) -> usize {
+    response
+        .resources
+        .iter()
+        .map(|r| r.name.len() + r.resource.as_ref().map_or(0, |a| a.value.len()))
+        .sum()
 }
 
 /// name → content label of each resource in a response.
@@ -475,9 +508,10 @@ async fn one_change_reaches_a_hundred_subscribers_of_ten_thousand_resources() {
     for _ in 0..100 {
         let mut client = Client::connect(&plane, "node-a").await;
         client.subscribe(ADDRESS_TYPE, HashMap::new()).await;
-        let full = client.recv().await;
-        assert_eq!(full.resources.len(), 10_000);
-        client.ack(&full).await;
+        let parts = client.recv_whole().await;
+        let total: usize = parts.iter().map(|p| p.resources.len()).sum();
+        assert_eq!(total, 10_000);
+        client.ack(parts.last().unwrap()).await;
         clients.push(client);
     }
     let start = std::time::Instant::now();
@@ -490,4 +524,61 @@ async fn one_change_reaches_a_hundred_subscribers_of_ten_thousand_resources() {
     // Generous: a smoke check that pushes do not re-walk 10k per subscriber.
     assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
     eprintln!("delta to 100 subscribers: {elapsed:?}");
+}
+
+/// A full state larger than one response's budget comes in parts: each
+/// within the budget, the next only after the ACK, every resource exactly
+/// once, only the last part unmarked. A change made while the parts are
+/// in flight is in the state the client ends with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_state_comes_in_bounded_parts_and_ends_current() {
+    use amesh_control_plane::xds::MAX_RESPONSE_BYTES;
+    let names: Vec<String> = (0..20_000).map(|i| format!("pod-{i:05}")).collect();
+    let specs = |changed: &str| -> Arc<Derived> {
+        let specs: Vec<Spec<'_>> = names
+            .iter()
+            .map(|n| {
+                let content = if n == "pod-19999" { changed } else { "1" };
+                (ADDRESS_TYPE, n.as_str(), content, None)
+            })
+            .collect();
+        derived(if changed == "1" { 1 } else { 2 }, &specs)
+    };
+    let plane = start(specs("1")).await;
+    let mut client = Client::connect(&plane, "node-a").await;
+    client.subscribe(ADDRESS_TYPE, HashMap::new()).await;
+
+    let first = client.recv().await;
+    assert!(is_partial(&first), "20,000 resources fit one response");
+    assert!(resource_bytes(&first) <= MAX_RESPONSE_BYTES);
+    // Nothing more until the ACK.
+    let early = tokio::time::timeout(Duration::from_millis(200), client.rx.message()).await;
+    assert!(
+        early.is_err(),
+        "a second part came before the first was ACKed"
+    );
+    // The last resource changes while the rest is still to come.
+    plane.derived.send_replace(specs("2"));
+    client.ack(&first).await;
+    let mut held = contents(&first);
+    let mut parts = 1;
+    loop {
+        let part = client.recv().await;
+        parts += 1;
+        assert!(resource_bytes(&part) <= MAX_RESPONSE_BYTES);
+        for (name, content) in contents(&part) {
+            assert!(
+                held.insert(name.clone(), content).is_none() || name == "pod-19999",
+                "{name} sent twice"
+            );
+        }
+        client.ack(&part).await;
+        if !is_partial(&part) {
+            break;
+        }
+    }
+    assert!(parts > 2, "only {parts} parts");
+    assert_eq!(held.len(), 20_000);
+    assert_eq!(held["pod-19999"], "2");
+    assert!(held.values().filter(|c| *c == "1").count() == 19_999);
 }

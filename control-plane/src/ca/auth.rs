@@ -237,9 +237,10 @@ impl TokenReviewer {
         let first = |key: &str| extra.get(key).and_then(|v| v.first()).cloned();
         let node = first(NODE_NAME_EXTRA).or_else(|| {
             let pod = first(POD_NAME_EXTRA)?;
-            let derived = self.derived.borrow();
+            // Cloned first: building the model must not hold the watch.
+            let derived = self.derived.borrow().clone();
             derived
-                .model
+                .model()
                 .workload_by_name(namespace, &pod)
                 .map(|w| w.node.clone())
         });

@@ -180,7 +180,7 @@ impl CaService {
                 };
                 let derived = self.derived.borrow().clone();
                 let mut elsewhere: Vec<&str> = Vec::new();
-                for workload in derived.model.workloads() {
+                for workload in derived.model().workloads() {
                     if workload.identity != *identity {
                         continue;
                     }

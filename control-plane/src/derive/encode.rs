@@ -1,15 +1,11 @@
-//! The model → the resources discovery serves, one [`ResourceSet`].
+//! Derived state → the resources discovery serves, one [`ResourceSet`],
+//! changed in place from the last derivation's.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use amesh_core::config::ConfigSnapshot;
 use amesh_core::config::enrollment::Enrollment;
-use amesh_core::config::{Service, ServicePort, Workload};
-use amesh_core::xds::convert::{AuthorizationOutput, ServiceIndex, service_to_proto};
 use amesh_core::xds::proto::amesh::{NamespaceEnrollment, PodEnrollment, WaypointConfig};
-use amesh_core::xds::proto::istio::security::Authorization;
-use amesh_core::xds::proto::istio::workload::{Address, address};
 use amesh_core::xds::{
     ADDRESS_TYPE, AUTHORIZATION_TYPE, NAMESPACE_ENROLLMENT_TYPE, POD_ENROLLMENT_TYPE,
     WAYPOINT_CONFIG_TYPE,
@@ -17,8 +13,9 @@ use amesh_core::xds::{
 
 use prost::Message;
 
+use super::shard::Shard;
 use super::workloads::PodWorkload;
-use crate::resources::{ResourceSet, XdsResource};
+use crate::resources::{ResourceSet, Resources, XdsResource};
 
 fn ip_bytes(ip: std::net::IpAddr) -> Vec<u8> {
     match ip {
@@ -67,104 +64,8 @@ impl<M: Message + PartialEq> MessageCache<M> {
     }
 }
 
-/// The caches of every type the derivation encodes.
-/// Encoded resources by the inputs they are a pure function of: a
-/// workload (with its bound policies) plus `K` (its services, or its
-/// enrollment). Comparing inputs is much cheaper than building and
-/// comparing the 10,000 messages of a large cluster on every change; only
-/// changed workloads are converted and encoded again.
-#[derive(Debug)]
-pub struct WorkloadCache<K> {
-    last: HashMap<String, (Workload, K, Arc<XdsResource>)>,
-    next: HashMap<String, (Workload, K, Arc<XdsResource>)>,
-}
-
-impl<K> Default for WorkloadCache<K> {
-    fn default() -> Self {
-        Self {
-            last: HashMap::new(),
-            next: HashMap::new(),
-        }
-    }
-}
-
-impl<K> WorkloadCache<K> {
-    /// The cached resource when `w` and `same(key)` hold, else `build()`'s.
-    fn resource(
-        &mut self,
-        w: &Workload,
-        same: impl FnOnce(&K) -> bool,
-        build: impl FnOnce() -> (K, XdsResource),
-    ) -> Arc<XdsResource> {
-        if let Some(entry) = self.last.remove(&w.uid)
-            && entry.0 == *w
-            && same(&entry.1)
-        {
-            let resource = entry.2.clone();
-            self.next.insert(w.uid.clone(), entry);
-            return resource;
-        }
-        let (key, resource) = build();
-        let resource = Arc::new(resource);
-        self.next
-            .insert(w.uid.clone(), (w.clone(), key, resource.clone()));
-        resource
-    }
-
-    fn end_round(&mut self) {
-        self.last = std::mem::take(&mut self.next);
-    }
-}
-
-/// A service as a workload's Address shows it (`namespace/hostname` and
-/// ports), to tell whether a cached Address is still right.
-type ServiceKey = Vec<(String, String, Vec<ServicePort>)>;
-
-fn same_services(key: &ServiceKey, services: &[&Service]) -> bool {
-    key.len() == services.len()
-        && key.iter().zip(services).all(|((ns, host, ports), s)| {
-            *ns == s.namespace && *host == s.hostname && *ports == s.ports
-        })
-}
-
-#[derive(Debug)]
-pub struct EncodeCaches {
-    pub addresses: WorkloadCache<ServiceKey>,
-    pub authorizations: MessageCache<Authorization>,
-    pub pods: WorkloadCache<Enrollment>,
-}
-
-impl Default for EncodeCaches {
-    fn default() -> Self {
-        Self {
-            addresses: WorkloadCache::default(),
-            authorizations: MessageCache::new(AUTHORIZATION_TYPE),
-            pods: WorkloadCache::default(),
-        }
-    }
-}
-
-impl EncodeCaches {
-    fn end_round(&mut self) {
-        self.addresses.end_round();
-        self.authorizations.end_round();
-        self.pods.end_round();
-    }
-}
-
 /// What node agents need of one pod: whether to capture it, and why not.
-pub fn pod_enrollment(
-    cache: &mut WorkloadCache<Enrollment>,
-    pod: &PodWorkload,
-) -> Arc<XdsResource> {
-    cache.resource(
-        &pod.workload,
-        |enrollment| *enrollment == pod.enrollment,
-        || (pod.enrollment, encode_pod_enrollment(pod)),
-    )
-}
-
-fn encode_pod_enrollment(pod: &PodWorkload) -> XdsResource {
+pub fn encode_pod_enrollment(pod: &PodWorkload) -> XdsResource {
     let w = &pod.workload;
     let reason = match pod.enrollment {
         Enrollment::Ambient => String::new(),
@@ -190,34 +91,63 @@ fn encode_pod_enrollment(pod: &PodWorkload) -> XdsResource {
     XdsResource::new(POD_ENROLLMENT_TYPE, w.uid.as_str(), &message).for_node(w.node.as_str())
 }
 
-pub fn namespace_enrollments(model: &ConfigSnapshot) -> Vec<XdsResource> {
-    model
-        .namespaces()
-        .values()
-        .map(|ns| {
-            let message = NamespaceEnrollment {
-                name: ns.name.clone(),
-                labels: ns
-                    .labels
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                ambient: model.namespace_is_ambient(&ns.name),
-            };
-            XdsResource::new(NAMESPACE_ENROLLMENT_TYPE, &ns.name, &message)
-        })
-        .collect()
+/// One namespace's enrollment for node agents.
+pub fn namespace_enrollment(
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    ambient: bool,
+) -> Arc<XdsResource> {
+    let message = NamespaceEnrollment {
+        name: name.to_owned(),
+        labels: labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        ambient,
+    };
+    Arc::new(XdsResource::new(NAMESPACE_ENROLLMENT_TYPE, name, &message))
 }
 
-/// Every resource of every type.
+pub fn waypoint_config(config: &WaypointConfig) -> Arc<XdsResource> {
+    let name = format!("{}/{}", config.namespace, config.name);
+    Arc::new(XdsResource::new(WAYPOINT_CONFIG_TYPE, name, config))
+}
+
+/// Puts `resource` in `map` unless the same version is there: an
+/// unchanged entry stays shared with the last derivation's map.
+fn put(map: &mut Resources, resource: Arc<XdsResource>) {
+    match map.get(&resource.name) {
+        Some(old)
+            if Arc::ptr_eq(old, &resource)
+                || (old.version == resource.version && old.node == resource.node) => {}
+        _ => {
+            map.insert(resource.name.clone(), resource);
+        }
+    }
+}
+
+/// Makes `map` hold exactly `wanted`.
+fn sync(map: &mut Resources, wanted: Vec<Arc<XdsResource>>) {
+    let names: HashSet<&str> = wanted.iter().map(|r| r.name.as_str()).collect();
+    let gone: Vec<String> = map
+        .keys()
+        .filter(|k| !names.contains(k.as_str()))
+        .cloned()
+        .collect();
+    for name in gone {
+        map.remove(&name);
+    }
+    for resource in wanted {
+        put(map, resource);
+    }
+}
+
+/// The shards' and the global resources, as a change to `previous`: only
+/// namespaces whose shard is new are touched.
 pub fn resource_set(
-    caches: &mut EncodeCaches,
-    model: &ConfigSnapshot,
-    pod_enrollments: Vec<Arc<XdsResource>>,
-    authorizations: AuthorizationOutput,
-    waypoints: Vec<WaypointConfig>,
+    previous: ResourceSet,
+    old_shards: &HashMap<String, Arc<Shard>>,
+    shards: &BTreeMap<String, Arc<Shard>>,
+    global: GlobalResources,
 ) -> ResourceSet {
-    let mut set = ResourceSet::default();
+    let mut set = previous;
     // Every type is present, even empty, so subscribers learn "nothing".
     for type_url in [
         ADDRESS_TYPE,
@@ -226,63 +156,61 @@ pub fn resource_set(
         NAMESPACE_ENROLLMENT_TYPE,
         WAYPOINT_CONFIG_TYPE,
     ] {
-        set.by_type.insert(type_url, BTreeMap::new());
+        set.by_type.entry(type_url).or_default();
     }
-    let mut add = |type_url: &'static str, resource: Arc<XdsResource>| {
-        if let Some(of_type) = set.by_type.get_mut(type_url) {
-            of_type.insert(resource.name.clone(), resource);
-        }
+    let mut per_shard: BTreeMap<&'static str, Resources> = BTreeMap::new();
+    for type_url in [ADDRESS_TYPE, POD_ENROLLMENT_TYPE] {
+        per_shard.insert(type_url, set.by_type.remove(type_url).unwrap_or_default());
+    }
+    let unchanged = |ns: &str, shard: &Arc<Shard>| {
+        old_shards
+            .get(ns)
+            .is_some_and(|old| Arc::ptr_eq(old, shard))
     };
-    let index = ServiceIndex::new(model);
-    for w in model.workloads() {
-        let services = index.services_of(&w.uid);
-        let resource = caches.addresses.resource(
-            w,
-            |key| same_services(key, services),
-            || {
-                let key = services
-                    .iter()
-                    .map(|s| (s.namespace.clone(), s.hostname.clone(), s.ports.clone()))
-                    .collect();
-                let address = Address {
-                    r#type: Some(address::Type::Workload(index.workload_to_proto(w))),
-                };
-                (
-                    key,
-                    XdsResource::new(ADDRESS_TYPE, w.uid.as_str(), &address),
-                )
-            },
-        );
-        add(ADDRESS_TYPE, resource);
+    // Namespaces gone, or derived again: take out what they had.
+    for (ns, old) in old_shards {
+        if shards.get(ns).is_some_and(|new| unchanged(ns, new)) {
+            continue;
+        }
+        let now: HashSet<(&str, &str)> = shards
+            .get(ns)
+            .map(|s| s.resources().map(|(t, r)| (t, r.name.as_str())).collect())
+            .unwrap_or_default();
+        for (type_url, resource) in old.resources() {
+            if !now.contains(&(type_url, resource.name.as_str()))
+                && let Some(map) = per_shard.get_mut(type_url)
+            {
+                map.remove(&resource.name);
+            }
+        }
     }
-    for entry in model.services() {
-        let s = &entry.service;
-        let address = Address {
-            r#type: Some(address::Type::Service(service_to_proto(s))),
-        };
-        let name = format!("{}/{}", s.namespace, s.hostname);
-        add(
-            ADDRESS_TYPE,
-            Arc::new(XdsResource::new(ADDRESS_TYPE, name, &address)),
-        );
+    for (ns, shard) in shards {
+        if unchanged(ns, shard) {
+            continue;
+        }
+        for (type_url, resource) in shard.resources() {
+            if let Some(map) = per_shard.get_mut(type_url) {
+                put(map, resource.clone());
+            }
+        }
     }
-    for (name, authorization) in authorizations.resources {
-        let resource = caches.authorizations.resource(name, authorization, None);
-        add(AUTHORIZATION_TYPE, resource);
-    }
-    for pod in pod_enrollments {
-        add(POD_ENROLLMENT_TYPE, pod);
-    }
-    caches.end_round();
-    for ns in namespace_enrollments(model) {
-        set.insert(NAMESPACE_ENROLLMENT_TYPE, ns);
-    }
-    for config in waypoints {
-        let name = format!("{}/{}", config.namespace, config.name);
-        set.insert(
-            WAYPOINT_CONFIG_TYPE,
-            XdsResource::new(WAYPOINT_CONFIG_TYPE, name, &config),
-        );
+    set.by_type.extend(per_shard);
+    for (type_url, wanted) in [
+        (AUTHORIZATION_TYPE, global.authorizations),
+        (NAMESPACE_ENROLLMENT_TYPE, global.namespaces),
+        (WAYPOINT_CONFIG_TYPE, global.waypoints),
+    ] {
+        if let Some(map) = set.by_type.get_mut(type_url) {
+            sync(map, wanted);
+        }
     }
     set
+}
+
+/// Resources not kept per namespace (few).
+#[derive(Debug, Default)]
+pub struct GlobalResources {
+    pub authorizations: Vec<Arc<XdsResource>>,
+    pub namespaces: Vec<Arc<XdsResource>>,
+    pub waypoints: Vec<Arc<XdsResource>>,
 }

@@ -1,6 +1,7 @@
-//! The store's objects, indexed once per derivation so that every rule
-//! below is a lookup, not a scan: pods by namespace and by label, services
-//! by name, EndpointSlices by service, custom objects by kind.
+//! The store's objects, indexed so that every rule below is a lookup, not
+//! a scan. Two views: [`Inputs::global`] (namespaces' labels, custom
+//! objects by kind) and [`Inputs::namespace`] (one namespace's pods by
+//! label, services by name, EndpointSlices by service).
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -11,7 +12,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::source::folder::ORIGIN_ANNOTATION;
-use crate::store::{CustomObject, Kind, Object, StoreSnapshot};
+use crate::store::{CustomObject, Kind, Object, ObjectKey, StoreSnapshot};
 
 /// EndpointSlices name their Service with this label.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -41,8 +42,10 @@ pub struct ServiceView<'a> {
     pub labels: &'a BTreeMap<String, String>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Inputs<'a> {
+    /// For lookups outside this view (another namespace's pod or service).
+    pub snapshot: &'a StoreSnapshot,
     /// Namespace objects' labels, by name.
     pub namespaces: BTreeMap<&'a str, &'a BTreeMap<String, String>>,
     /// Pods not yet finished, in (namespace, name) order.
@@ -91,49 +94,83 @@ fn is_finished(pod: &Pod) -> bool {
 }
 
 impl<'a> Inputs<'a> {
-    pub fn new(snapshot: &'a StoreSnapshot) -> Self {
-        let mut inputs = Inputs::default();
-        for (key, object) in &snapshot.objects {
-            match object {
-                Object::Namespace(ns) => {
-                    inputs
-                        .namespaces
-                        .insert(key.name.as_str(), labels_of(&ns.metadata));
-                }
-                Object::Pod(pod) if !is_finished(pod) => inputs.pods.push(PodView {
+    fn empty(snapshot: &'a StoreSnapshot) -> Self {
+        Inputs {
+            snapshot,
+            namespaces: BTreeMap::new(),
+            pods: Vec::new(),
+            pods_by_ns: HashMap::new(),
+            pods_by_label: HashMap::new(),
+            services: Vec::new(),
+            services_by_name: HashMap::new(),
+            slices: HashMap::new(),
+            custom: BTreeMap::new(),
+        }
+    }
+
+    /// Every Namespace's labels and every custom object; no pods, services
+    /// or slices.
+    pub fn global(snapshot: &'a StoreSnapshot) -> Self {
+        let mut inputs = Inputs::empty(snapshot);
+        for (key, object) in snapshot.of_kind(Kind::Namespace) {
+            if let Object::Namespace(ns) = object {
+                inputs
+                    .namespaces
+                    .insert(key.name.as_str(), labels_of(&ns.metadata));
+            }
+        }
+        let first_custom = ObjectKey::new(Kind::AuthorizationPolicy, "", "");
+        for (_, object) in snapshot.objects.range(first_custom..) {
+            if let Object::Custom(c) = object {
+                inputs.custom.entry(c.kind).or_default().push(c);
+            }
+        }
+        inputs
+    }
+
+    /// The pods, services and EndpointSlices of `namespace`, and its labels.
+    pub fn namespace(snapshot: &'a StoreSnapshot, namespace: &'a str) -> Self {
+        let mut inputs = Inputs::empty(snapshot);
+        let ns_key = ObjectKey::new(Kind::Namespace, "", namespace);
+        if let Some(Object::Namespace(ns)) = snapshot.get(&ns_key) {
+            inputs.namespaces.insert(namespace, labels_of(&ns.metadata));
+        }
+        for (_, object) in snapshot.in_namespace(Kind::Pod, namespace) {
+            if let Object::Pod(pod) = object
+                && !is_finished(pod)
+            {
+                inputs.pods.push(PodView {
                     pod,
                     namespace: namespace_of(&pod.metadata),
                     name: name_of(&pod.metadata),
                     labels: labels_of(&pod.metadata),
-                }),
-                Object::Pod(_) => {}
-                Object::Service(svc) => inputs.services.push(ServiceView {
+                });
+            }
+        }
+        for (_, object) in snapshot.in_namespace(Kind::Service, namespace) {
+            if let Object::Service(svc) = object {
+                inputs.services.push(ServiceView {
                     service: svc,
                     namespace: namespace_of(&svc.metadata),
                     name: name_of(&svc.metadata),
                     labels: labels_of(&svc.metadata),
-                }),
-                Object::EndpointSlice(slice) => {
-                    if let Some(svc) = labels_of(&slice.metadata).get(SERVICE_NAME_LABEL) {
-                        let ns = namespace_of(&slice.metadata);
-                        inputs
-                            .slices
-                            .entry((ns, svc.as_str()))
-                            .or_default()
-                            .push(slice);
-                    }
-                }
-                Object::Custom(c) => inputs.custom.entry(c.kind).or_default().push(c),
+                });
             }
         }
-        // The store is ordered by (kind, namespace, name): pods arrive sorted.
-        let mut start = 0;
-        for i in 1..=inputs.pods.len() {
-            let ns = inputs.pods[start].namespace;
-            if i == inputs.pods.len() || inputs.pods[i].namespace != ns {
-                inputs.pods_by_ns.insert(ns, start..i);
-                start = i;
+        for (_, object) in snapshot.in_namespace(Kind::EndpointSlice, namespace) {
+            if let Object::EndpointSlice(slice) = object
+                && let Some(svc) = labels_of(&slice.metadata).get(SERVICE_NAME_LABEL)
+            {
+                let ns = namespace_of(&slice.metadata);
+                inputs
+                    .slices
+                    .entry((ns, svc.as_str()))
+                    .or_default()
+                    .push(slice);
             }
+        }
+        if !inputs.pods.is_empty() {
+            inputs.pods_by_ns.insert(namespace, 0..inputs.pods.len());
         }
         for (i, pod) in inputs.pods.iter().enumerate() {
             for (k, v) in pod.labels {
@@ -148,6 +185,28 @@ impl<'a> Inputs<'a> {
             inputs.services_by_name.insert((svc.namespace, svc.name), i);
         }
         inputs
+    }
+
+    /// Service `namespace/name`, from any namespace.
+    pub fn service_object(&self, namespace: &str, name: &str) -> Option<&'a Service> {
+        match self
+            .snapshot
+            .get(&ObjectKey::new(Kind::Service, namespace, name))
+        {
+            Some(Object::Service(svc)) => Some(svc),
+            _ => None,
+        }
+    }
+
+    /// Pod `namespace/name`, from any namespace.
+    pub fn pod_object(&self, namespace: &str, name: &str) -> Option<&'a Pod> {
+        match self
+            .snapshot
+            .get(&ObjectKey::new(Kind::Pod, namespace, name))
+        {
+            Some(Object::Pod(pod)) => Some(pod),
+            _ => None,
+        }
     }
 
     /// Labels of namespace `ns`, when a Namespace object says.

@@ -160,10 +160,7 @@ fn endpoint_pods(inputs: &Inputs<'_>, view: &ServiceView<'_>) -> BTreeSet<String
 fn named_port(inputs: &Inputs<'_>, endpoints: &BTreeSet<String>, name: &str) -> Option<u16> {
     endpoints.iter().find_map(|uid| {
         let (ns, pod) = uid.split_once('/')?;
-        let range = inputs.pods_by_ns.get(ns)?.clone();
-        let slice = &inputs.pods[range];
-        let i = slice.binary_search_by(|p| p.name.cmp(pod)).ok()?;
-        let spec = slice[i].pod.spec.as_ref()?;
+        let spec = inputs.pod_object(ns, pod)?.spec.as_ref()?;
         spec.containers.iter().find_map(|c| {
             c.ports
                 .as_deref()?

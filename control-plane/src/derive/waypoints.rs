@@ -272,9 +272,8 @@ fn waypoint_address(
     gateway: &CustomObject,
     reports: &mut Reports,
 ) -> Option<IpAddr> {
-    if let Some(svc) = inputs.service(&gateway.namespace, &gateway.name) {
+    if let Some(svc) = inputs.service_object(&gateway.namespace, &gateway.name) {
         let ip = svc
-            .service
             .spec
             .as_ref()
             .and_then(|s| s.cluster_ip.as_deref())
@@ -324,6 +323,18 @@ impl Bound {
 
     pub fn workload(&mut self, waypoint: &Waypoint<'_>, uid: String) {
         self.workloads.entry(key(waypoint)).or_default().insert(uid);
+    }
+
+    /// Adds what `other` (another namespace's bindings) holds.
+    pub fn merge(&mut self, other: &Bound) {
+        for (waypoint, services) in &other.services {
+            let to = self.services.entry(waypoint.clone()).or_default();
+            to.extend(services.iter().cloned());
+        }
+        for (waypoint, workloads) in &other.workloads {
+            let to = self.workloads.entry(waypoint.clone()).or_default();
+            to.extend(workloads.iter().cloned());
+        }
     }
 }
 

@@ -1,14 +1,15 @@
 //! What changed between consecutive derivations, computed once per push and
 //! shared by every subscriber that was in sync with the previous one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::derive::Derived;
-use crate::resources::XdsResource;
+use crate::resources::Resources;
+use imbl::ordmap::DiffItem;
 
 /// One derivation and how it differs from the one before.
 #[derive(Debug)]
@@ -30,7 +31,7 @@ impl Update {
 
     pub fn next(prev: Arc<Derived>, cur: Arc<Derived>) -> Self {
         let mut changes: HashMap<String, Vec<String>> = HashMap::new();
-        let empty = BTreeMap::new();
+        let empty = Resources::new();
         let types = prev
             .resources
             .by_type
@@ -52,48 +53,21 @@ impl Update {
     }
 }
 
-/// Names whose resource differs (version or node), was added or removed:
-/// one merge walk over the two sorted maps.
-pub fn changed_names(
-    old: &BTreeMap<String, Arc<XdsResource>>,
-    new: &BTreeMap<String, Arc<XdsResource>>,
-) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut a = old.iter().peekable();
-    let mut b = new.iter().peekable();
-    loop {
-        match (a.peek(), b.peek()) {
-            (None, None) => break,
-            (Some((name, _)), None) => {
-                out.push((*name).clone());
-                a.next();
+/// Names whose resource differs, was added or removed, in name order:
+/// a walk over only the parts of the two maps that are not shared.
+pub fn changed_names(old: &Resources, new: &Resources) -> Vec<String> {
+    old.diff(new)
+        .filter_map(|item| match item {
+            DiffItem::Add(name, _) | DiffItem::Remove(name, _) => Some(name.clone()),
+            DiffItem::Update {
+                old: (name, a),
+                new: (_, b),
+            } => {
+                let same = Arc::ptr_eq(a, b) || (a.version == b.version && a.node == b.node);
+                (!same).then(|| name.clone())
             }
-            (None, Some((name, _))) => {
-                out.push((*name).clone());
-                b.next();
-            }
-            (Some((na, ra)), Some((nb, rb))) => match na.cmp(nb) {
-                std::cmp::Ordering::Less => {
-                    out.push((*na).clone());
-                    a.next();
-                }
-                std::cmp::Ordering::Greater => {
-                    out.push((*nb).clone());
-                    b.next();
-                }
-                std::cmp::Ordering::Equal => {
-                    let same =
-                        Arc::ptr_eq(ra, rb) || (ra.version == rb.version && ra.node == rb.node);
-                    if !same {
-                        out.push((*na).clone());
-                    }
-                    a.next();
-                    b.next();
-                }
-            },
-        }
-    }
-    out
+        })
+        .collect()
 }
 
 /// Follows `derived`, publishing each new derivation with its diff.

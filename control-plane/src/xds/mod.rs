@@ -9,3 +9,4 @@ pub mod state;
 
 pub use metrics::XdsMetrics;
 pub use server::XdsServer;
+pub use state::MAX_RESPONSE_BYTES;

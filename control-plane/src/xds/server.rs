@@ -13,8 +13,8 @@ use amesh_core::xds::proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
 use amesh_core::xds::{
-    ADDRESS_TYPE, AUTHORIZATION_TYPE, NAMESPACE_ENROLLMENT_TYPE, POD_ENROLLMENT_TYPE,
-    WAYPOINT_CONFIG_TYPE,
+    ADDRESS_TYPE, AUTHORIZATION_TYPE, MORE_FOLLOWS_SUFFIX, NAMESPACE_ENROLLMENT_TYPE,
+    POD_ENROLLMENT_TYPE, WAYPOINT_CONFIG_TYPE,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -35,8 +35,9 @@ const KNOWN_TYPES: [&str; 5] = [
     WAYPOINT_CONFIG_TYPE,
 ];
 
-/// Responses queued per stream; at most one per type is ever unacknowledged.
-const STREAM_QUEUE: usize = 16;
+/// Responses queued per stream; at most one per type is ever
+/// unacknowledged, so this bounds nothing but the types.
+const STREAM_QUEUE: usize = 8;
 
 pub struct XdsServer {
     updates: watch::Receiver<Arc<Update>>,
@@ -172,7 +173,8 @@ impl Subscriber {
             if !KNOWN_TYPES.contains(&type_url.as_str()) {
                 tracing::warn!(caller = %self.caller, type_url, "subscription to a type this control plane does not serve; it stays empty");
             }
-            let state = TypeState::new(&type_url, request.initial_resource_versions);
+            let initial = request.initial_resource_versions.into_iter().collect();
+            let state = TypeState::new(&type_url, initial);
             self.types.insert(type_url.clone(), state);
             return self.push(&type_url, latest, true).await;
         }
@@ -254,7 +256,11 @@ fn response(
     delta: Delta,
 ) -> DeltaDiscoveryResponse {
     DeltaDiscoveryResponse {
-        system_version_info: latest.cur.generation.to_string(),
+        system_version_info: if delta.more {
+            format!("{}{MORE_FOLLOWS_SUFFIX}", latest.cur.generation)
+        } else {
+            latest.cur.generation.to_string()
+        },
         resources: delta
             .resources
             .iter()

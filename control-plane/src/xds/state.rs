@@ -4,6 +4,12 @@
 //! What a client holds is stored compactly as "the visible resources of
 //! derivation `base`, except `overrides`": a client in sync costs one
 //! pointer, whatever the number of resources.
+//!
+//! A response carries at most about [`MAX_RESPONSE_BYTES`] of resources;
+//! a larger change (a new subscriber's full state) goes out in several,
+//! each acknowledged before the next. Why: tonic keeps each stream's encode
+//! buffer at the size of the largest message it sent, so sending 10,000
+//! workloads at once would leave megabytes allocated per subscriber.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -16,10 +22,20 @@ use super::diff::Update;
 /// name → version the client holds (`None`: it lacks the name).
 type Versions = HashMap<String, Option<String>>;
 
+/// What a client holds: the visible resources of `base`, except names up
+/// to `ahead.through`, which are as in `ahead.cur` (a change in parts, part
+/// of it received), except `overrides`.
 #[derive(Clone, Debug, Default)]
 struct Held {
     base: Option<Arc<Derived>>,
+    ahead: Option<Ahead>,
     overrides: Versions,
+}
+
+#[derive(Clone, Debug)]
+struct Ahead {
+    cur: Arc<Derived>,
+    through: String,
 }
 
 fn visible<'a>(
@@ -40,18 +56,48 @@ impl Held {
         if let Some(v) = self.overrides.get(name) {
             return v.clone();
         }
-        let base = self.base.as_deref()?;
-        visible(base, type_url, name, node).map(|r| r.version.clone())
+        let from = match &self.ahead {
+            Some(ahead) if name <= ahead.through.as_str() => &ahead.cur,
+            _ => self.base.as_ref()?,
+        };
+        visible(from, type_url, name, node).map(|r| r.version.clone())
     }
+}
+
+/// Resources of one response, at most (one larger resource goes alone).
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// What the client holds once it ACKs.
+#[derive(Debug)]
+enum Next {
+    /// Everything was sent: exactly this.
+    Whole(Held),
+    /// One part of a larger change: names through `ahead.through` are now
+    /// as in `ahead.cur`, except the `kept` ones (rejected before, the
+    /// client keeps what it had).
+    Part {
+        ahead: Ahead,
+        sent: Vec<String>,
+        kept: Versions,
+    },
 }
 
 #[derive(Debug)]
 struct InFlight {
     nonce: String,
-    /// What the client holds once it ACKs.
-    next: Held,
+    next: Next,
     /// What the response carried (removals as `None`), remembered on NACK.
     sent: Versions,
+}
+
+/// Names of a change not sent yet, and the derivation they lead to.
+#[derive(Debug)]
+struct Pending {
+    cur: Arc<Derived>,
+    names: Vec<String>,
+    /// Rejected names passed over by the earlier parts (the client keeps
+    /// what it had).
+    kept: Versions,
 }
 
 /// A response to send.
@@ -59,6 +105,8 @@ struct InFlight {
 pub struct Delta {
     pub resources: Vec<Arc<XdsResource>>,
     pub removed: Vec<String>,
+    /// Part of a larger change: more responses follow.
+    pub more: bool,
 }
 
 /// How the client answered a nonce.
@@ -78,19 +126,30 @@ pub struct TypeState {
     /// Versions the client rejected: not resent until they change, so a
     /// NACK does not loop.
     rejected: Versions,
+    /// The rest of a change sent in parts.
+    pending: Option<Pending>,
+    max_bytes: usize,
 }
 
 impl TypeState {
     /// A subscription; `initial` is what the client says it already holds.
     pub fn new(type_url: &str, initial: HashMap<String, String>) -> Self {
+        Self::with_limit(type_url, initial, MAX_RESPONSE_BYTES)
+    }
+
+    /// As [`TypeState::new`], with responses of at most `max_bytes`.
+    pub fn with_limit(type_url: &str, initial: HashMap<String, String>, max_bytes: usize) -> Self {
         Self {
             type_url: type_url.to_owned(),
             held: Held {
                 base: None,
+                ahead: None,
                 overrides: initial.into_iter().map(|(k, v)| (k, Some(v))).collect(),
             },
             in_flight: None,
             rejected: Versions::new(),
+            pending: None,
+            max_bytes,
         }
     }
 
@@ -108,11 +167,23 @@ impl TypeState {
             return Answer::Stale;
         };
         if nack {
-            // The client kept its previous state: `held` stays.
+            // The client kept its previous state: `held` stays. The rest of
+            // a change in parts is recomputed from scratch, so the rejected
+            // names end up among what the client is known to keep.
             self.rejected.extend(flight.sent);
+            self.pending = None;
             Answer::Nack
         } else {
-            self.held = flight.next;
+            match flight.next {
+                Next::Whole(held) => self.held = held,
+                Next::Part { ahead, sent, kept } => {
+                    for name in &sent {
+                        self.held.overrides.remove(name);
+                    }
+                    self.held.overrides.extend(kept);
+                    self.held.ahead = Some(ahead);
+                }
+            }
             Answer::Ack
         }
     }
@@ -132,37 +203,80 @@ impl TypeState {
             return None;
         }
         let cur = &update.cur;
+        let (names, earlier_kept) = self.candidates(update);
         let type_url = self.type_url.as_str();
-        let names = self.candidates(update);
+        let mut names = names.into_iter();
         let mut delta = Delta::default();
         let mut sent = Versions::new();
         let mut kept = Versions::new();
-        for name in names {
+        let mut budget = self.max_bytes;
+        let mut through = None;
+        let mut rest = None;
+        while let Some(name) = names.next() {
             let held = self.held.version(type_url, &name, node);
             let now = visible(cur, type_url, &name, node);
             let now_version = now.map(|r| r.version.clone());
             if held == now_version {
+                through = Some(name);
                 continue;
             }
             if self.rejected.get(&name) == Some(&now_version) {
-                kept.insert(name, held);
+                kept.insert(name.clone(), held);
+                through = Some(name);
                 continue;
             }
+            let size = name.len() + now.map_or(0, |r| r.body.value.len());
+            let sending = delta.resources.len() + delta.removed.len();
+            if sending > 0 && size > budget {
+                // Full: this name and the rest go in the next response.
+                rest = Some(std::iter::once(name).chain(names).collect::<Vec<_>>());
+                break;
+            }
+            budget = budget.saturating_sub(size);
             match now {
                 Some(resource) => delta.resources.push(resource.clone()),
                 None => delta.removed.push(name.clone()),
             }
             self.rejected.remove(&name);
-            sent.insert(name, now_version);
+            sent.insert(name.clone(), now_version);
+            through = Some(name);
         }
-        let next = Held {
-            base: Some(cur.clone()),
-            overrides: kept,
+        let next = match (rest, through) {
+            (Some(names), Some(through)) => {
+                delta.more = true;
+                let mut all_kept = earlier_kept;
+                all_kept.extend(kept.iter().map(|(k, v)| (k.clone(), v.clone())));
+                self.pending = Some(Pending {
+                    cur: cur.clone(),
+                    names,
+                    kept: all_kept,
+                });
+                Next::Part {
+                    ahead: Ahead {
+                        cur: cur.clone(),
+                        through,
+                    },
+                    sent: sent.keys().cloned().collect(),
+                    kept,
+                }
+            }
+            _ => {
+                self.pending = None;
+                let mut all_kept = earlier_kept;
+                all_kept.extend(kept);
+                Next::Whole(Held {
+                    base: Some(cur.clone()),
+                    ahead: None,
+                    overrides: all_kept,
+                })
+            }
         };
         if delta.resources.is_empty() && delta.removed.is_empty() && !force {
             // Equivalent to what the client holds: rebase without sending,
             // so the next diff starts from `cur`.
-            self.held = next;
+            if let Next::Whole(held) = next {
+                self.held = held;
+            }
             return None;
         }
         self.in_flight = Some(InFlight {
@@ -178,27 +292,49 @@ impl TypeState {
         self.in_flight.as_ref().map(|f| f.nonce.as_str())
     }
 
-    /// Names that may differ between what the client holds and `update.cur`.
-    fn candidates(&self, update: &Update) -> Vec<String> {
+    /// Names that may differ between what the client holds and
+    /// `update.cur`, and the rejected names already passed over.
+    fn candidates(&mut self, update: &Update) -> (Vec<String>, Versions) {
+        if let Some(pending) = self.pending.take()
+            && Arc::ptr_eq(&pending.cur, &update.cur)
+        {
+            // The rest of a change in parts, still current.
+            return (pending.names, pending.kept);
+        }
+        (self.changed_names(update), Versions::new())
+    }
+
+    /// In name order, so a change in parts can say how far it got.
+    fn changed_names(&self, update: &Update) -> Vec<String> {
         let overrides = self.held.overrides.keys().cloned();
         let base = self.held.base.as_ref();
-        if base.is_some_and(|b| Arc::ptr_eq(b, &update.cur)) {
-            return overrides.collect();
-        }
-        let from_prev = match (base, &update.prev) {
-            (Some(b), Some(p)) => Arc::ptr_eq(b, p),
-            _ => false,
-        };
-        if from_prev {
-            let mut names: BTreeSet<String> = overrides.collect();
-            if let Some(changed) = update.changes.get(&self.type_url) {
-                names.extend(changed.iter().cloned());
+        if self.held.ahead.is_none() {
+            if base.is_some_and(|b| Arc::ptr_eq(b, &update.cur)) {
+                let mut names: Vec<String> = overrides.collect();
+                names.sort_unstable();
+                return names;
             }
-            return names.into_iter().collect();
+            let from_prev = match (base, &update.prev) {
+                (Some(b), Some(p)) => Arc::ptr_eq(b, p),
+                _ => false,
+            };
+            if from_prev {
+                let mut names: BTreeSet<String> = overrides.collect();
+                if let Some(changed) = update.changes.get(&self.type_url) {
+                    names.extend(changed.iter().cloned());
+                }
+                return names.into_iter().collect();
+            }
         }
-        // Behind by more than one derivation, or new: walk both sets.
+        // Behind by more than one derivation, part-way through a change,
+        // or new: walk every set involved.
         let mut names: BTreeSet<String> = overrides.collect();
-        for derived in base.into_iter().chain(std::iter::once(&update.cur)) {
+        let ahead = self.held.ahead.as_ref().map(|a| &a.cur);
+        for derived in base
+            .into_iter()
+            .chain(ahead)
+            .chain(std::iter::once(&update.cur))
+        {
             if let Some(of_type) = derived.resources.of_type(&self.type_url) {
                 names.extend(of_type.keys().cloned());
             }

@@ -15,3 +15,10 @@ pub const POD_ENROLLMENT_TYPE: &str = "type.googleapis.com/amesh.v1.PodEnrollmen
 pub const NAMESPACE_ENROLLMENT_TYPE: &str = "type.googleapis.com/amesh.v1.NamespaceEnrollment";
 /// A waypoint's L7 configuration.
 pub const WAYPOINT_CONFIG_TYPE: &str = "type.googleapis.com/amesh.v1.WaypointConfig";
+
+/// A change too large for one response goes out in several (each
+/// acknowledged before the next); all but the last carry a
+/// `system_version_info` ending in this. amesh's client applies and ACKs
+/// those without handing the half-applied state to the data plane; other
+/// clients (Istio's ztunnel) simply apply each as a delta.
+pub const MORE_FOLLOWS_SUFFIX: &str = "+more";

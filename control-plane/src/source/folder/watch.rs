@@ -10,9 +10,9 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Editors write a file in several steps (truncate, write, rename); events
-/// this close together apply once.
-pub const DEBOUNCE: Duration = Duration::from_millis(20);
+/// Editors write a file in several steps (truncate, write, rename): a
+/// change applies once the folder has been quiet this long.
+pub const DEBOUNCE: Duration = Duration::from_millis(10);
 
 /// Changed config files, or `None`: something unknown changed (the watcher
 /// lost events), re-read everything.
@@ -67,24 +67,24 @@ pub async fn apply_changes(
         let Some(first) = first else { return };
         let mut everything = first.is_none();
         let mut paths: HashSet<PathBuf> = first.into_iter().collect();
-        // Wait until the burst is over: each event restarts the window, up to
-        // a bound so a file rewritten non-stop still applies.
-        for _ in 0..50 {
-            tokio::select! {
+        // Wait until the writes stop for DEBOUNCE: each event restarts the
+        // window, up to a bound so a file rewritten non-stop still applies.
+        let give_up = tokio::time::Instant::now() + DEBOUNCE * 50;
+        loop {
+            let quiet_until = (tokio::time::Instant::now() + DEBOUNCE).min(give_up);
+            let next = tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(DEBOUNCE) => {}
-            }
-            let mut more = false;
-            while let Ok(change) = events.try_recv() {
-                more = true;
-                match change {
-                    Some(p) => {
-                        paths.insert(p);
-                    }
-                    None => everything = true,
+                () = tokio::time::sleep_until(quiet_until) => break,
+                next = events.recv() => next,
+            };
+            match next {
+                Some(Some(p)) => {
+                    paths.insert(p);
                 }
+                Some(None) => everything = true,
+                None => break,
             }
-            if !more {
+            if tokio::time::Instant::now() >= give_up {
                 break;
             }
         }

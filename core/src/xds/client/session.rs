@@ -9,6 +9,7 @@ use tracing::{debug, info, warn};
 
 use super::state::XdsState;
 use super::{ClientConfig, XdsError, XdsHandler, channel};
+use crate::xds::MORE_FOLLOWS_SUFFIX;
 use crate::xds::proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status,
     aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
@@ -56,7 +57,7 @@ async fn stream(
         let subscribe = DeltaDiscoveryRequest {
             node: Some(node(config)),
             type_url: (*type_url).to_owned(),
-            initial_resource_versions: state.versions(type_url),
+            initial_resource_versions: state.versions(type_url).into_iter().collect(),
             ..Default::default()
         };
         // Cannot fail: the receiver is alive and the outbox has room.
@@ -118,8 +119,15 @@ fn handle(
     handler: &mut impl XdsHandler,
     response: &DeltaDiscoveryResponse,
 ) -> DeltaDiscoveryRequest {
-    let outcome = if config.types.contains(&response.type_url.as_str()) {
-        let undo = state.apply(response);
+    let partial = response.system_version_info.ends_with(MORE_FOLLOWS_SUFFIX);
+    let outcome = if !config.types.contains(&response.type_url.as_str()) {
+        Err(format!("type {} was not subscribed to", response.type_url))
+    } else if partial {
+        // Part of a larger change: the data plane sees it once whole.
+        state.apply(response, true);
+        Ok(())
+    } else {
+        let undo = state.apply(response, false);
         match handler.apply(state) {
             Ok(()) => Ok(()),
             Err(message) => {
@@ -127,8 +135,6 @@ fn handle(
                 Err(message)
             }
         }
-    } else {
-        Err(format!("type {} was not subscribed to", response.type_url))
     };
     let error_detail = match outcome {
         Ok(()) => {

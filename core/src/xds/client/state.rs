@@ -72,12 +72,14 @@ impl XdsState {
         self.by_type.keys().all(|t| self.received.contains(t))
     }
 
-    /// Applies `response` and returns how to take it back.
-    pub(super) fn apply(&mut self, response: &DeltaDiscoveryResponse) -> Undo {
+    /// Applies `response` and returns how to take it back. A `partial`
+    /// response (more of the same change follows) does not count as the
+    /// type's first push: the type is whole only after the last part.
+    pub(super) fn apply(&mut self, response: &DeltaDiscoveryResponse, partial: bool) -> Undo {
         let type_url = response.type_url.clone();
         let mut undo = Undo {
             type_url: type_url.clone(),
-            first_push: self.received.insert(type_url.clone()),
+            first_push: !partial && self.received.insert(type_url.clone()),
             changes: Vec::new(),
         };
         let entries = self.by_type.entry(type_url).or_default();

@@ -579,8 +579,8 @@ fn undecodable_resource_is_named_in_the_refusal() {
     let mut state = XdsState::new(&[ADDRESS_TYPE, AUTHORIZATION_TYPE]);
     let mut wrong = resource("default/echo", "1", "x");
     wrong.resource.as_mut().unwrap().type_url = "type.googleapis.com/other.Thing".into();
-    state.apply(&push(ADDRESS_TYPE, "n1", vec![wrong], &[]));
-    state.apply(&push(AUTHORIZATION_TYPE, "n2", vec![], &[]));
+    state.apply(&push(ADDRESS_TYPE, "n1", vec![wrong], &[]), false);
+    state.apply(&push(AUTHORIZATION_TYPE, "n2", vec![], &[]), false);
     let options = crate::xds::convert::ClientOptions::default();
     let err = snapshot_from_state(&state, &options).unwrap_err();
     assert!(
@@ -592,4 +592,51 @@ fn undecodable_resource_is_named_in_the_refusal() {
     let empty = XdsState::new(&[ADDRESS_TYPE]);
     let snapshot = snapshot_from_state(&empty, &options).unwrap();
     assert_eq!(snapshot.workloads().count(), 0);
+}
+
+/// A change in parts: each part is ACKed as it comes, the data plane sees
+/// the state once, whole, after the last part; until then the type does
+/// not count as received.
+#[tokio::test]
+async fn a_change_in_parts_reaches_the_handler_once_whole() {
+    let mut server = plaintext_server().await;
+    let (handler, mut seen) = recording_handler();
+    let cancel = CancellationToken::new();
+    let client = tokio::spawn(run(
+        config(format!("http://127.0.0.1:{}", server.port), None),
+        handler,
+        cancel.clone(),
+    ));
+    let mut stream = server.next_stream().await;
+    stream.subscriptions(2).await;
+    let part = |nonce: &str, name: &str, more: bool| DeltaDiscoveryResponse {
+        system_version_info: if more {
+            format!("7{}", crate::xds::MORE_FOLLOWS_SUFFIX)
+        } else {
+            "7".into()
+        },
+        ..push(ADDRESS_TYPE, nonce, vec![resource(name, "1", "good")], &[])
+    };
+    for (nonce, name) in [("p1", "a"), ("p2", "b")] {
+        stream.push(part(nonce, name, true)).await;
+        let ack = stream.recv().await;
+        assert_eq!(ack.response_nonce, nonce);
+        assert!(ack.error_detail.is_none(), "{ack:?}");
+    }
+    assert!(
+        seen.try_recv().is_err(),
+        "the handler saw a change before its last part"
+    );
+    stream.push(part("p3", "c", false)).await;
+    let ack = stream.recv().await;
+    assert_eq!(ack.response_nonce, "p3");
+    let state = within("handler", seen.recv()).await.unwrap();
+    assert_eq!(
+        versions(&state, ADDRESS_TYPE),
+        pairs(&[("a", "1"), ("b", "1"), ("c", "1")])
+    );
+    assert!(state.received(ADDRESS_TYPE));
+    assert!(!state.received(AUTHORIZATION_TYPE));
+    cancel.cancel();
+    client.await.unwrap().unwrap();
 }

@@ -35,42 +35,68 @@ pub fn authorization_resources<'a>(
     policies: &PolicySet,
     workloads: impl Iterator<Item = &'a Workload>,
 ) -> AuthorizationOutput {
-    let mut resources: Vec<(String, Authorization)> = policies
-        .authorization_entries()
-        .iter()
-        .filter_map(|entry| entry_to_proto(policies, entry))
-        .map(|auth| (format!("{}/{}", auth.namespace, auth.name), auth))
-        .collect();
-    let global_strict = policies.mesh_only_strict();
-    if let Some(pa) = global_strict {
-        let auth = converted(pa, Scope::Global, &StrictPorts::AllExcept(Vec::new()));
-        resources.push((format!("{}/{}", auth.namespace, auth.name), auth));
-    }
+    let mut resources = policy_authorizations(policies);
     let mut converted_by_name: BTreeMap<String, Authorization> = BTreeMap::new();
     let mut bindings = HashMap::new();
     for w in workloads {
-        let mut names: Vec<String> = policies
-            .selector_bound(w)
-            .filter(|p| p.action != Action::Audit)
-            .map(|p| p.policy.to_string())
-            .collect();
-        if global_strict.is_none()
-            && let Some(deny) = policies.plaintext_deny(w)
-        {
-            let name = converted_name(&deny.policy);
-            converted_by_name
-                .entry(name.clone())
-                .or_insert_with(|| converted_deny(&deny));
-            names.push(name);
+        let binding = workload_binding(policies, w);
+        if let Some((name, auth)) = binding.converted {
+            converted_by_name.entry(name).or_insert(auth);
         }
-        if !names.is_empty() {
-            bindings.insert(w.uid.clone(), names);
+        if !binding.policies.is_empty() {
+            bindings.insert(w.uid.clone(), binding.policies);
         }
     }
     resources.extend(converted_by_name);
     AuthorizationOutput {
         resources,
         bindings,
+    }
+}
+
+/// The Authorizations of `policies` themselves (by xDS name,
+/// `namespace/name`), without the per-workload converted
+/// PeerAuthentication denies (see [`workload_binding`]).
+pub fn policy_authorizations(policies: &PolicySet) -> Vec<(String, Authorization)> {
+    let mut resources: Vec<(String, Authorization)> = policies
+        .authorization_entries()
+        .iter()
+        .filter_map(|entry| entry_to_proto(policies, entry))
+        .map(|auth| (format!("{}/{}", auth.namespace, auth.name), auth))
+        .collect();
+    if let Some(pa) = policies.mesh_only_strict() {
+        let auth = converted(pa, Scope::Global, &StrictPorts::AllExcept(Vec::new()));
+        resources.push((format!("{}/{}", auth.namespace, auth.name), auth));
+    }
+    resources
+}
+
+/// What binds one workload: the WORKLOAD_SELECTOR-scoped policies
+/// (`namespace/name`), and the DENY converted from the PeerAuthentication
+/// that makes it STRICT, when one does (named and built, to be served).
+#[derive(Debug, Default, PartialEq)]
+pub struct WorkloadBinding {
+    pub policies: Vec<String>,
+    pub converted: Option<(String, Authorization)>,
+}
+
+pub fn workload_binding(policies: &PolicySet, w: &Workload) -> WorkloadBinding {
+    let mut names: Vec<String> = policies
+        .selector_bound(w)
+        .filter(|p| p.action != Action::Audit)
+        .map(|p| p.policy.to_string())
+        .collect();
+    let mut converted = None;
+    if policies.mesh_only_strict().is_none()
+        && let Some(deny) = policies.plaintext_deny(w)
+    {
+        let name = converted_name(&deny.policy);
+        names.push(name.clone());
+        converted = Some((name, converted_deny(&deny)));
+    }
+    WorkloadBinding {
+        policies: names,
+        converted,
     }
 }
 

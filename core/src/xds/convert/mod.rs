@@ -41,10 +41,13 @@ mod workload;
 mod tests;
 
 pub(crate) use authorization::compiled_from_proto;
-pub use authorization::{AuthorizationOutput, authorization_resources};
+pub use authorization::{
+    AuthorizationOutput, WorkloadBinding, authorization_resources, policy_authorizations,
+    workload_binding,
+};
 pub use service::service_to_proto;
 pub use snapshot::{ClientOptions, XdsInput, snapshot_from_xds};
-pub use workload::{ServiceIndex, address_resources, workload_to_proto};
+pub use workload::{ServiceIndex, address_resources, workload_proto, workload_to_proto};
 
 use std::net::IpAddr;
 

@@ -7,6 +7,7 @@ use super::authorization::bound_policies;
 use super::ip_bytes;
 use super::service::{ports_to_proto, service_to_proto, waypoint_to_proto};
 use crate::config::{ConfigSnapshot, HealthStatus, Service, Workload};
+use crate::policy::PolicySet;
 use crate::xds::proto::istio::workload::{
     self as proto, NetworkMode, PortList, TunnelProtocol, WorkloadStatus, address,
 };
@@ -44,8 +45,19 @@ impl<'a> ServiceIndex<'a> {
     /// As [`workload_to_proto`], with the index.
     pub fn workload_to_proto(&self, w: &Workload) -> proto::Workload {
         let services = self.services_of(&w.uid).iter().copied();
-        convert(self.snapshot, w, services, self.global_strict)
+        convert(self.snapshot.policies(), w, services, self.global_strict)
     }
+}
+
+/// `w` as Istio's ztunnel expects it, given the services it is an
+/// endpoint of (the control plane knows them per namespace).
+pub fn workload_proto<'s>(
+    policies: &PolicySet,
+    w: &Workload,
+    services: impl Iterator<Item = &'s Service>,
+) -> proto::Workload {
+    let global_strict = policies.mesh_only_strict().is_some();
+    convert(policies, w, services, global_strict)
 }
 
 /// `w` as Istio's ztunnel expects it. For many workloads, use
@@ -56,7 +68,7 @@ pub fn workload_to_proto(snapshot: &ConfigSnapshot, w: &Workload) -> proto::Work
         .map(|e| &e.service)
         .filter(|s| s.endpoints.contains(&w.uid));
     let global_strict = snapshot.policies().mesh_only_strict().is_some();
-    convert(snapshot, w, services, global_strict)
+    convert(snapshot.policies(), w, services, global_strict)
 }
 
 /// Every workload (named by uid) and service (`namespace/hostname`) of
@@ -80,12 +92,12 @@ pub fn address_resources(snapshot: &ConfigSnapshot) -> Vec<(String, proto::Addre
 }
 
 fn convert<'s>(
-    snapshot: &ConfigSnapshot,
+    policies: &PolicySet,
     w: &Workload,
     services: impl Iterator<Item = &'s Service>,
     global_strict: bool,
 ) -> proto::Workload {
-    let services: HashMap<String, PortList> = services
+    let services: BTreeMap<String, PortList> = services
         .map(|s| {
             let ports = PortList {
                 ports: ports_to_proto(&s.ports),
@@ -113,7 +125,7 @@ fn convert<'s>(
         canonical_revision: canonical_revision.to_owned(),
         workload_name: w.name.clone(),
         services,
-        authorization_policies: bound_policies(snapshot.policies(), w, global_strict),
+        authorization_policies: bound_policies(policies, w, global_strict),
         status: match w.status {
             HealthStatus::Healthy => WorkloadStatus::Healthy,
             HealthStatus::Unhealthy => WorkloadStatus::Unhealthy,
