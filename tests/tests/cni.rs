@@ -551,13 +551,30 @@ async fn a_host_network_pod_is_never_captured() {
 #[apply(backends)]
 #[tokio::test]
 async fn uninstall_leaves_the_node_as_it_was(capture: Capture) {
-    let mut mesh = MeshBuilder::new()
+    let mesh = MeshBuilder::new()
         .cni()
         .capture(capture)
         .namespace_labels("default", AMBIENT)
         .pod(PodSpec::new("server", 0))
         .build()
         .unwrap();
+    uninstall_restores(mesh);
+}
+
+/// An agent on the control plane has no config file: uninstall works from
+/// its record of enrolled pods alone.
+#[tokio::test]
+async fn uninstall_without_a_config_file_on_the_control_plane() {
+    let mesh = MeshBuilder::new()
+        .control_plane()
+        .namespace_labels("default", AMBIENT)
+        .pod(PodSpec::new("server", 0))
+        .build()
+        .unwrap();
+    uninstall_restores(mesh);
+}
+
+fn uninstall_restores(mut mesh: amesh_tests::harness::Mesh) {
     let node = mesh.node(0).netns.clone();
     let before = NodeView::take(&mesh, &node);
     mesh.start().unwrap();

@@ -33,7 +33,7 @@ use amesh_cni::enroll::{EnrollConfig, Enroller, read_record};
 use amesh_cni::node_netns::NetnsScanner;
 use amesh_cni::uninstall::{Targets, uninstall};
 use amesh_cni::zds_server::{ZdsRegistry, ZdsServer};
-use amesh_core::config::{WatchConfig, load_file};
+use amesh_core::config::{ConfigSnapshot, WatchConfig, load_file};
 use amesh_core::xds::client::ClientConfig;
 use amesh_core::xds::convert::ClientOptions;
 use amesh_core::xds::source::ConfigSource;
@@ -191,8 +191,11 @@ impl CniArgs {
 
 #[derive(Debug, Args)]
 struct UninstallArgs {
+    /// The mesh config the agent ran with, if it ran on one: its pods are
+    /// looked for too. Without it (an agent on the control plane), the
+    /// agent's record of enrolled pods says what to clean.
     #[arg(long)]
-    config: PathBuf,
+    config: Option<PathBuf>,
     #[arg(long, default_value = "/var/run/netns")]
     netns_dir: PathBuf,
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -356,8 +359,11 @@ fn select_backend(
 }
 
 fn run_uninstall(args: UninstallArgs) -> anyhow::Result<()> {
-    let snapshot = load_file(&args.config, &args.trust_domain)
-        .with_context(|| format!("loading {}", args.config.display()))?;
+    let snapshot = match &args.config {
+        Some(path) => load_file(path, &args.trust_domain)
+            .with_context(|| format!("loading {}", path.display()))?,
+        None => ConfigSnapshot::default(),
+    };
     // The plugin first: from here on no new pod is sent to the agent.
     if let Some(installer) = plugin_installer(&args.cni)? {
         let report = install::uninstall(&installer)

@@ -214,17 +214,21 @@ impl Mesh {
         let Some(n) = self.nodes.get(node) else {
             bail!("mesh has no node {node}");
         };
-        let mut args = vec![
-            "uninstall".to_owned(),
-            "--config".to_owned(),
-            self.config_path.display().to_string(),
+        let mut args = vec!["uninstall".to_owned()];
+        // On the control plane the agent has no config file: its record
+        // of enrolled pods is what uninstall works from.
+        if self.control_plane.is_none() {
+            args.push("--config".to_owned());
+            args.push(self.config_path.display().to_string());
+        }
+        args.extend([
             "--node".to_owned(),
             n.name.clone(),
             "--netns-dir".to_owned(),
             NETNS_DIR.to_owned(),
             "--bpf-pin-dir".to_owned(),
             self.bpf_pin_dir(node).display().to_string(),
-        ];
+        ]);
         args.extend(self.agent_cni_args(node)?);
         Ok(args)
     }
