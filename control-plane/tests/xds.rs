@@ -582,3 +582,57 @@ async fn large_state_comes_in_bounded_parts_and_ends_current() {
     assert_eq!(held["pod-19999"], "2");
     assert!(held.values().filter(|c| *c == "1").count() == 19_999);
 }
+
+/// A newer derivation that changes much of what a change in parts already
+/// sent starts the change again, in shorter parts. What the client got
+/// from the first attempt still counts: a resource it received there and
+/// that is now gone is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_change_in_parts_removes_what_the_first_attempt_sent() {
+    let names: Vec<String> = (0..20_000).map(|i| format!("pod-{i:05}")).collect();
+    let big = "x".repeat(400);
+    let plane = start(derived(
+        1,
+        &names
+            .iter()
+            .map(|n| (ADDRESS_TYPE, n.as_str(), "1", None))
+            .collect::<Vec<_>>(),
+    ))
+    .await;
+    let mut client = Client::connect(&plane, "node-a").await;
+    client.subscribe(ADDRESS_TYPE, HashMap::new()).await;
+    let first = client.recv().await;
+    assert!(is_partial(&first));
+    let mut held = contents(&first);
+    let last_sent = held.keys().next_back().unwrap().clone();
+    // Everything before the last name sent grows (so the new attempt's
+    // first part ends before it), and the last name sent is removed.
+    let now: Vec<Spec<'_>> = names
+        .iter()
+        .filter(|n| **n != last_sent)
+        .map(|n| {
+            let content = if *n < last_sent { big.as_str() } else { "1" };
+            (ADDRESS_TYPE, n.as_str(), content, None)
+        })
+        .collect();
+    plane.derived.send_replace(derived(2, &now));
+    client.ack(&first).await;
+    for _ in 0..10_000 {
+        let part = client.recv().await;
+        for name in &part.removed_resources {
+            held.remove(name);
+        }
+        held.extend(contents(&part));
+        client.ack(&part).await;
+        if !is_partial(&part) {
+            break;
+        }
+    }
+    let expected: BTreeMap<String, String> = now
+        .iter()
+        .map(|(_, n, c, _)| ((*n).to_owned(), (*c).to_owned()))
+        .collect();
+    assert!(!held.contains_key(&last_sent), "{last_sent} was not removed");
+    assert_eq!(held.len(), expected.len());
+    assert!(held == expected, "the client ends with another state");
+}

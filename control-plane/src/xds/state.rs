@@ -23,12 +23,13 @@ use super::diff::Update;
 type Versions = HashMap<String, Option<String>>;
 
 /// What a client holds: the visible resources of `base`, except names up
-/// to `ahead.through`, which are as in `ahead.cur` (a change in parts, part
-/// of it received), except `overrides`.
+/// to an `ahead.through`, which are as in that `ahead.cur` (a change in
+/// parts, part of it received; the newest first, as a change in parts
+/// interrupted by a newer derivation starts again), except `overrides`.
 #[derive(Clone, Debug, Default)]
 struct Held {
     base: Option<Arc<Derived>>,
-    ahead: Option<Ahead>,
+    ahead: Vec<Ahead>,
     overrides: Versions,
 }
 
@@ -56,9 +57,14 @@ impl Held {
         if let Some(v) = self.overrides.get(name) {
             return v.clone();
         }
-        let from = match &self.ahead {
-            Some(ahead) if name <= ahead.through.as_str() => &ahead.cur,
-            _ => self.base.as_ref()?,
+        let ahead = self
+            .ahead
+            .iter()
+            .rev()
+            .find(|a| name <= a.through.as_str());
+        let from = match ahead {
+            Some(ahead) => &ahead.cur,
+            None => self.base.as_ref()?,
         };
         visible(from, type_url, name, node).map(|r| r.version.clone())
     }
@@ -143,7 +149,7 @@ impl TypeState {
             type_url: type_url.to_owned(),
             held: Held {
                 base: None,
-                ahead: None,
+                ahead: Vec::new(),
                 overrides: initial.into_iter().map(|(k, v)| (k, Some(v))).collect(),
             },
             in_flight: None,
@@ -181,7 +187,11 @@ impl TypeState {
                         self.held.overrides.remove(name);
                     }
                     self.held.overrides.extend(kept);
-                    self.held.ahead = Some(ahead);
+                    match self.held.ahead.last_mut() {
+                        // The same change, further along.
+                        Some(last) if Arc::ptr_eq(&last.cur, &ahead.cur) => *last = ahead,
+                        _ => self.held.ahead.push(ahead),
+                    }
                 }
             }
             Answer::Ack
@@ -266,7 +276,7 @@ impl TypeState {
                 all_kept.extend(kept);
                 Next::Whole(Held {
                     base: Some(cur.clone()),
-                    ahead: None,
+                    ahead: Vec::new(),
                     overrides: all_kept,
                 })
             }
@@ -308,7 +318,7 @@ impl TypeState {
     fn changed_names(&self, update: &Update) -> Vec<String> {
         let overrides = self.held.overrides.keys().cloned();
         let base = self.held.base.as_ref();
-        if self.held.ahead.is_none() {
+        if self.held.ahead.is_empty() {
             if base.is_some_and(|b| Arc::ptr_eq(b, &update.cur)) {
                 let mut names: Vec<String> = overrides.collect();
                 names.sort_unstable();
@@ -329,7 +339,7 @@ impl TypeState {
         // Behind by more than one derivation, part-way through a change,
         // or new: walk every set involved.
         let mut names: BTreeSet<String> = overrides.collect();
-        let ahead = self.held.ahead.as_ref().map(|a| &a.cur);
+        let ahead = self.held.ahead.iter().map(|a| &a.cur);
         for derived in base
             .into_iter()
             .chain(ahead)
