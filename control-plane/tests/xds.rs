@@ -632,7 +632,10 @@ async fn restarted_change_in_parts_removes_what_the_first_attempt_sent() {
         .iter()
         .map(|(_, n, c, _)| ((*n).to_owned(), (*c).to_owned()))
         .collect();
-    assert!(!held.contains_key(&last_sent), "{last_sent} was not removed");
+    assert!(
+        !held.contains_key(&last_sent),
+        "{last_sent} was not removed"
+    );
     assert_eq!(held.len(), expected.len());
     assert!(held == expected, "the client ends with another state");
 }

@@ -57,11 +57,7 @@ impl Held {
         if let Some(v) = self.overrides.get(name) {
             return v.clone();
         }
-        let ahead = self
-            .ahead
-            .iter()
-            .rev()
-            .find(|a| name <= a.through.as_str());
+        let ahead = self.ahead.iter().rev().find(|a| name <= a.through.as_str());
         let from = match ahead {
             Some(ahead) => &ahead.cur,
             None => self.base.as_ref()?,
