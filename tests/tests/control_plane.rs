@@ -123,6 +123,21 @@ async fn folder_edits_are_enforced_by_ztunnel_within_a_second() {
     mesh.write_config_text(&config).unwrap();
     let allowed_after = until_reaches(&mesh, true).await;
     eprintln!("policy enforced after {denied_after:?}, lifted after {allowed_after:?}");
+
+    // ztunnel's /config_dump says where its config comes from, and that it
+    // took the pushes (the first state and both edits), refusing none.
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], 15000));
+    let dump = mesh.node(0).http_get(admin, "/config_dump").unwrap();
+    assert_eq!(dump.status, 200);
+    let dump: serde_json::Value = serde_json::from_str(&dump.body).unwrap();
+    let source = &dump["configSource"];
+    assert_eq!(source["kind"], "xds", "{source}");
+    assert!(
+        source["from"].as_str().unwrap().contains(":15012"),
+        "{source}"
+    );
+    assert!(source["applied"].as_u64().unwrap() >= 3, "{source}");
+    assert_eq!(source["refused"], 0, "{source}");
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@ use amesh_core::certs::pem::encode_certificate;
 use amesh_core::config::{Service, Workload};
 use serde_json::{Value, json};
 
+use crate::config_status::ConfigStatus;
 use crate::logging::LogControl;
 use crate::pod::{Pod, PodRegistry};
 use crate::proxy::Proxy;
@@ -19,6 +20,7 @@ pub struct ZtunnelAdmin {
     pub proxy: Arc<Proxy>,
     pub pods: Arc<PodRegistry>,
     pub log: LogControl,
+    pub config_status: Arc<ConfigStatus>,
 }
 
 fn unix_seconds(t: SystemTime) -> u64 {
@@ -95,6 +97,7 @@ impl AdminHandler for ZtunnelAdmin {
         }
         json!({
             "node": self.proxy.settings.node,
+            "configSource": self.config_status.json(),
             "pods": pods.iter().map(|p| pod_json(p)).collect::<Vec<_>>(),
             "workloads": snapshot.workloads().map(|w| workload_json(w)).collect::<Vec<_>>(),
             "services": snapshot.services().map(|s| service_json(&s.service)).collect::<Vec<_>>(),

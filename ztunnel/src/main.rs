@@ -9,6 +9,7 @@ mod admin;
 mod authz;
 mod busy_poll;
 mod config_changes;
+mod config_status;
 mod inbound;
 mod live;
 mod logging;
@@ -43,6 +44,7 @@ use amesh_core::xds::source::ConfigSource;
 use amesh_core::xds::{ADDRESS_TYPE, AUTHORIZATION_TYPE};
 use anyhow::Context;
 use clap::{ArgGroup, Parser};
+use config_status::ConfigStatus;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -148,7 +150,7 @@ async fn run(
     log_control: logging::LogControl,
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new();
-    let source = config_source(&args, &metrics)?;
+    let (source, config_status) = config_source(&args, &metrics)?;
     let certs = Arc::new(CertStore::new(
         certificate_authority(&args)?,
         CertStoreConfig::default(),
@@ -192,6 +194,7 @@ async fn run(
             proxy: proxy.clone(),
             pods: registry.clone(),
             log: log_control,
+            config_status,
         }),
         &servers_cancel,
     )?;
@@ -240,16 +243,29 @@ async fn run(
 /// The config file, or the control plane when --xds-address is given
 /// (clap makes them exclusive and requires one). Every reload or push
 /// counts in the reload metric, applied or refused (NACKed).
-fn config_source(args: &Args, metrics: &Metrics) -> anyhow::Result<ConfigSource> {
+fn config_source(
+    args: &Args,
+    metrics: &Metrics,
+) -> anyhow::Result<(ConfigSource, Arc<ConfigStatus>)> {
     match (&args.config, &args.xds_address) {
         (Some(path), None) => {
+            let status = Arc::new(ConfigStatus::file(path));
             let watch_config = WatchConfig::new(path, &args.trust_domain)
                 .root_namespace(&args.root_namespace)
                 .on_reload({
                     let metrics = metrics.clone();
-                    move |applied| metrics.config_reload(applied)
+                    let status = status.clone();
+                    move |applied| {
+                        metrics.config_reload(applied);
+                        match applied {
+                            true => status.applied(),
+                            false => status.refused(""),
+                        }
+                    }
                 });
-            ConfigSource::file(watch_config).map_err(|err| anyhow::anyhow!("invalid config: {err}"))
+            let source = ConfigSource::file(watch_config)
+                .map_err(|err| anyhow::anyhow!("invalid config: {err}"))?;
+            Ok((source, status))
         }
         (None, Some(address)) => {
             let mut client = ClientConfig::new(
@@ -265,8 +281,14 @@ fn config_source(args: &Args, metrics: &Metrics) -> anyhow::Result<ConfigSource>
                 root_namespace: args.root_namespace.clone(),
             };
             let metrics = metrics.clone();
+            let status = Arc::new(ConfigStatus::xds(address));
+            let on_push_status = status.clone();
             let on_push = Box::new(move |snapshot: &Result<ConfigSnapshot, String>| {
                 metrics.config_reload(snapshot.is_ok());
+                match snapshot {
+                    Ok(_) => on_push_status.applied(),
+                    Err(reason) => on_push_status.refused(reason),
+                }
                 // The same lines as a file reload, for operators and tests.
                 match snapshot {
                     Ok(s) => info!(
@@ -278,7 +300,9 @@ fn config_source(args: &Args, metrics: &Metrics) -> anyhow::Result<ConfigSource>
                     Err(error) => warn!(%error, "config refused: the push was NACKed"),
                 }
             });
-            ConfigSource::xds(client, options, on_push).context("--xds-address / --xds-root-cert")
+            let source = ConfigSource::xds(client, options, on_push)
+                .context("--xds-address / --xds-root-cert")?;
+            Ok((source, status))
         }
         _ => anyhow::bail!("exactly one of --config and --xds-address is required"),
     }
