@@ -1,10 +1,9 @@
 //! The store's objects, indexed so that every rule below is a lookup, not
 //! a scan. Two views: [`Inputs::global`] (namespaces' labels, custom
-//! objects by kind) and [`Inputs::namespace`] (one namespace's pods by
-//! label, services by name, EndpointSlices by service).
+//! objects by kind) and [`Inputs::namespace`] (one namespace's pods, by
+//! label too, its services, and EndpointSlices by service).
 
 use std::collections::{BTreeMap, HashMap};
-use std::ops::Range;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -50,14 +49,9 @@ pub struct Inputs<'a> {
     pub namespaces: BTreeMap<&'a str, &'a BTreeMap<String, String>>,
     /// Pods not yet finished, in (namespace, name) order.
     pub pods: Vec<PodView<'a>>,
-    /// Each namespace's pods: a range of `pods` (they are sorted by
-    /// namespace).
-    pub pods_by_ns: HashMap<&'a str, Range<usize>>,
     /// (namespace, label key, label value) → indexes into `pods`.
     pub pods_by_label: HashMap<(&'a str, &'a str, &'a str), Vec<usize>>,
     pub services: Vec<ServiceView<'a>>,
-    /// (namespace, name) → index into `services`.
-    pub services_by_name: HashMap<(&'a str, &'a str), usize>,
     /// (namespace, service name) → its slices.
     pub slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
     pub custom: BTreeMap<Kind, Vec<&'a Arc<CustomObject>>>,
@@ -99,10 +93,8 @@ impl<'a> Inputs<'a> {
             snapshot,
             namespaces: BTreeMap::new(),
             pods: Vec::new(),
-            pods_by_ns: HashMap::new(),
             pods_by_label: HashMap::new(),
             services: Vec::new(),
-            services_by_name: HashMap::new(),
             slices: HashMap::new(),
             custom: BTreeMap::new(),
         }
@@ -169,9 +161,6 @@ impl<'a> Inputs<'a> {
                     .push(slice);
             }
         }
-        if !inputs.pods.is_empty() {
-            inputs.pods_by_ns.insert(namespace, 0..inputs.pods.len());
-        }
         for (i, pod) in inputs.pods.iter().enumerate() {
             for (k, v) in pod.labels {
                 inputs
@@ -180,9 +169,6 @@ impl<'a> Inputs<'a> {
                     .or_default()
                     .push(i);
             }
-        }
-        for (i, svc) in inputs.services.iter().enumerate() {
-            inputs.services_by_name.insert((svc.namespace, svc.name), i);
         }
         inputs
     }
@@ -241,11 +227,5 @@ impl<'a> Inputs<'a> {
 
     pub fn custom(&self, kind: Kind) -> &[&'a Arc<CustomObject>] {
         self.custom.get(&kind).map_or(&[], Vec::as_slice)
-    }
-
-    pub fn service(&self, namespace: &str, name: &str) -> Option<&ServiceView<'a>> {
-        self.services_by_name
-            .get(&(namespace, name))
-            .map(|&i| &self.services[i])
     }
 }
