@@ -28,6 +28,8 @@ pub enum Reporter {
     Source,
     /// The server side's proxy (ztunnel inbound).
     Destination,
+    /// A waypoint, between the two (Istio ambient's value).
+    Waypoint,
 }
 
 impl Reporter {
@@ -36,6 +38,7 @@ impl Reporter {
         match self {
             Reporter::Source => "source",
             Reporter::Destination => "destination",
+            Reporter::Waypoint => "waypoint",
         }
     }
 }
