@@ -7,59 +7,13 @@ use std::sync::Arc;
 
 use amesh_core::admin::{AdminHandler, Readiness};
 use amesh_core::config::{Service, Workload};
+use amesh_core::logging::LogControl;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
 
 use crate::derive::Derived;
 use crate::store::{Kind, Store};
-
-/// The running log filter, changeable through `/logging`.
-#[derive(Clone, Debug)]
-pub struct LogControl {
-    handle: reload::Handle<EnvFilter, Registry>,
-}
-
-impl LogControl {
-    /// The filter in effect, in `RUST_LOG` syntax.
-    pub fn current(&self) -> String {
-        self.handle
-            .with_current(ToString::to_string)
-            .unwrap_or_default()
-    }
-
-    /// Replaces the filter; an invalid one is refused and changes nothing.
-    pub fn set(&self, directives: &str) -> Result<(), String> {
-        let filter = EnvFilter::try_new(directives)
-            .map_err(|err| format!("invalid log filter {directives:?}: {err}"))?;
-        self.handle
-            .reload(filter)
-            .map_err(|err| format!("cannot change the log filter: {err}"))
-    }
-}
-
-/// Logs to stderr, as text or JSON lines; the filter starts from
-/// `RUST_LOG`, default `info`.
-pub fn init_logging(json: bool) -> LogControl {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let (filter, handle) = reload::Layer::new(filter);
-    let format = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let format = if json {
-        format.json().boxed()
-    } else {
-        format.boxed()
-    };
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(format)
-        .init();
-    LogControl { handle }
-}
 
 /// The admin endpoint's view of the control plane.
 #[derive(Debug)]
@@ -149,7 +103,7 @@ impl AdminHandler for ControlPlaneAdmin {
 
     fn set_log_level(&self, filter: &str) -> Result<(), String> {
         match &self.log {
-            Some(log) => log.set(filter),
+            Some(log) => log.set(filter).map(drop),
             None => Err("logging is not controlled by this process".to_owned()),
         }
     }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use amesh_control_plane::admin::{ControlPlaneAdmin, init_logging, readiness};
+use amesh_control_plane::admin::{ControlPlaneAdmin, readiness};
 use amesh_control_plane::derive::{self, Settings};
 use amesh_control_plane::grpc::{self, GrpcArgs, GrpcMetrics};
 use amesh_control_plane::source;
@@ -113,7 +113,7 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
-    let log = init_logging(args.log_json);
+    let log = amesh_core::logging::init(args.log_json);
     let cancel = CancellationToken::new();
     let store = Arc::new(Store::new());
     let settings = Settings {

@@ -16,6 +16,7 @@ pub mod config;
 pub mod hbone;
 pub mod identity;
 pub mod l7;
+pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod tls;

@@ -12,9 +12,9 @@ use amesh_core::config::{Service, Workload};
 use serde_json::{Value, json};
 
 use crate::config_status::ConfigStatus;
-use crate::logging::LogControl;
 use crate::pod::{Pod, PodRegistry};
 use crate::proxy::Proxy;
+use amesh_core::logging::LogControl;
 
 pub struct ZtunnelAdmin {
     pub proxy: Arc<Proxy>,

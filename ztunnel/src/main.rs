@@ -12,7 +12,6 @@ mod config_changes;
 mod config_status;
 mod inbound;
 mod live;
-mod logging;
 mod metered;
 mod netns;
 mod outbound;
@@ -130,7 +129,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let log_control = logging::init(args.log_json);
+    let log_control = amesh_core::logging::init(args.log_json);
     // Before any thread exists: every later thread starts in this namespace.
     netns::init_home().context("reading ztunnel's own network namespace")?;
     let busy_poll = busy_poll::BusyPoll::new(Duration::from_micros(args.busy_poll_us));
@@ -147,7 +146,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(
     args: Args,
     workers: &workers::Workers,
-    log_control: logging::LogControl,
+    log_control: amesh_core::logging::LogControl,
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let (source, config_status) = config_source(&args, &metrics)?;

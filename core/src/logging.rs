@@ -1,5 +1,6 @@
-//! Logging setup, with a filter that the admin server's `/logging` can
-//! change while ztunnel runs (e.g. `debug` for one pod's trouble, then back).
+//! Daemons' logging setup, with a filter that the admin server's `/logging`
+//! can change while they run (e.g. `debug` for one pod's trouble, then
+//! back). ztunnel and the control plane share it.
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
