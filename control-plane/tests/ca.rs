@@ -2,22 +2,22 @@
 //! tokens the control plane writes for its local nodes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use amesh_control_plane::derive::Derived;
-use amesh_control_plane::grpc::{GrpcArgs, GrpcMetrics, bind_and_run};
 use amesh_core::xds::proto::istio::ca::IstioCertificateRequest;
 use amesh_core::xds::proto::istio::ca::istio_certificate_service_client::IstioCertificateServiceClient;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, SanType,
 };
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 const CLIENT: &str = "spiffe://cluster.local/ns/default/sa/client";
@@ -66,27 +66,14 @@ async fn start(ca_files: &[(&str, String)]) -> Plane {
         std::fs::write(ca_dir.join(name), content).unwrap();
     }
     let tokens = dir.path().join("tokens");
-    let args = GrpcArgs {
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        ca_dir,
-        ca_secret: "amesh-system/amesh-ca".into(),
-        cert_ttl_hours: 24,
-        local_nodes: vec!["node-a".into(), "node-b".into()],
-        local_token_dir: Some(tokens.clone()),
-        tls_san: Vec::new(),
-        ztunnel_service_account: "amesh-system/ztunnel".into(),
-        node_agent_service_account: "amesh-system/amesh-node-agent".into(),
-        trust_domain: None,
-    };
     let model = amesh_core::config::parse(MODEL, Path::new("model.yaml"), "cluster.local").unwrap();
     let derived = Arc::new(Derived::with_model(1, Default::default(), model));
     let (tx, rx) = watch::channel(derived);
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = GrpcMetrics::register(&mut registry);
-    let cancel = CancellationToken::new();
-    let (addr, _task) = bind_and_run(args, rx, None, metrics, cancel.clone())
-        .await
-        .unwrap();
+    let common::Served {
+        addr,
+        registry,
+        cancel,
+    } = common::serve(ca_dir, tokens.clone(), rx).await;
     Plane {
         addr,
         tokens,
@@ -110,31 +97,7 @@ impl Plane {
     }
 
     async fn client(&self) -> IstioCertificateServiceClient<Channel> {
-        let bundle = amesh_core::certs::TrustBundle::from_pem(self.root_pem().as_bytes()).unwrap();
-        let mut store = rustls::RootCertStore::empty();
-        for der in bundle.roots() {
-            store.add(der.clone()).unwrap();
-        }
-        let mut config = rustls::ClientConfig::builder_with_provider(amesh_core::tls::provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_root_certificates(store)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let addr = self.addr;
-        let channel = Endpoint::from_static("http://localhost")
-            .connect_with_connector(tower::service_fn(move |_: http::Uri| {
-                let connector = connector.clone();
-                async move {
-                    let tcp = TcpStream::connect(addr).await?;
-                    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-                    let tls = connector.connect(name, tcp).await?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-                }
-            }))
-            .await
-            .unwrap();
+        let channel = common::tls_channel(self.addr, self.root_pem().as_bytes()).await;
         IstioCertificateServiceClient::new(channel)
     }
 

@@ -1,6 +1,8 @@
 //! Delta discovery as a client sees it, over the real TLS listener.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use amesh_control_plane::derive::Derived;
-use amesh_control_plane::grpc::{GrpcArgs, GrpcMetrics, bind_and_run};
 use amesh_control_plane::resources::{ResourceSet, XdsResource};
 use amesh_core::xds::proto::amesh::NamespaceEnrollment;
 use amesh_core::xds::proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -16,11 +17,10 @@ use amesh_core::xds::proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status as RpcStatus,
 };
 use amesh_core::xds::{ADDRESS_TYPE, POD_ENROLLMENT_TYPE};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -65,25 +65,9 @@ impl Drop for Plane {
 async fn start(initial: Arc<Derived>) -> Plane {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens");
-    let args = GrpcArgs {
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        ca_dir: dir.path().join("ca"),
-        ca_secret: "amesh-system/amesh-ca".into(),
-        cert_ttl_hours: 24,
-        local_nodes: vec!["node-a".into(), "node-b".into()],
-        local_token_dir: Some(tokens.clone()),
-        tls_san: Vec::new(),
-        ztunnel_service_account: "amesh-system/ztunnel".into(),
-        node_agent_service_account: "amesh-system/amesh-node-agent".into(),
-        trust_domain: None,
-    };
     let (tx, rx) = watch::channel(initial);
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = GrpcMetrics::register(&mut registry);
-    let cancel = CancellationToken::new();
-    let (addr, _task) = bind_and_run(args, rx, None, metrics, cancel.clone())
-        .await
-        .unwrap();
+    let served = common::serve(dir.path().join("ca"), tokens.clone(), rx).await;
+    let (addr, cancel) = (served.addr, served.cancel);
     Plane {
         addr,
         tokens,
@@ -95,30 +79,7 @@ async fn start(initial: Arc<Derived>) -> Plane {
 
 async fn channel(addr: SocketAddr, tokens: &Path) -> Channel {
     let root = std::fs::read(tokens.join("root-cert.pem")).unwrap();
-    let bundle = amesh_core::certs::TrustBundle::from_pem(&root).unwrap();
-    let mut store = rustls::RootCertStore::empty();
-    for der in bundle.roots() {
-        store.add(der.clone()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(amesh_core::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(store)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
-            let connector = connector.clone();
-            async move {
-                let tcp = TcpStream::connect(addr).await?;
-                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-                let tls = connector.connect(name, tcp).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-            }
-        }))
-        .await
-        .unwrap()
+    common::tls_channel(addr, &root).await
 }
 
 struct Client {
